@@ -1,0 +1,96 @@
+"""Config loading: bases, overrides, interpolation and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import Field
+
+from ipt.cli import main as ipt_main
+from ipt.config import Config, ConfigError, describe_keys, load_config, parse_overrides
+
+
+class Model(Config):
+    d_model: int = 64
+    n_layers: int = Field(2, description="number of transformer blocks")
+
+
+class Data(Config):
+    path: str
+    weight: float = 1.0
+
+
+class Experiment(Config):
+    name: str = "exp"
+    model: Model = Model()
+    data: Data
+    tags: list[str] = []
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_bases_nested_and_overrides(tmp_path):
+    write(tmp_path / "model" / "small.yaml", "d_model: 128\nn_layers: 4\n")
+    write(tmp_path / "exp" / "parent.yaml", "name: parent\ndata: {path: /a, weight: 0.5}\n")
+    exp = write(
+        tmp_path / "exp" / "child.yaml",
+        "base: parent.yaml\nname: child-${model.d_model}\nmodel:\n  base: ../model/small.yaml\n  n_layers: 6\n",
+    )
+    cfg = load_config(Experiment, exp, ["data.weight=0.25", "tags=[a,b]"])
+    assert cfg.model == Model(d_model=128, n_layers=6)
+    assert cfg.data == Data(path="/a", weight=0.25)
+    assert cfg.name == "child-128"
+    assert cfg.tags == ["a", "b"]
+
+
+def test_unknown_key_names_file_and_suggests(tmp_path):
+    exp = write(tmp_path / "e.yaml", "data: {path: x}\nmodel: {n_layer: 3}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Experiment, exp)
+    msg = str(e.value)
+    assert "model.n_layer" in msg and str(exp) in msg and "did you mean `model.n_layers`" in msg
+
+
+def test_unknown_override_is_attributed_to_command_line():
+    with pytest.raises(
+        ConfigError, match=r"unknown key `dat` \(set in the command line\); did you mean `data`"
+    ):
+        load_config(Experiment, None, ["dat.path=x"])
+
+
+def test_wrong_type_and_missing(tmp_path):
+    exp = write(tmp_path / "e.yaml", "data: {path: x}\nmodel: {d_model: big}\n")
+    with pytest.raises(ConfigError, match=r"`model.d_model`.*'big'.*e.yaml"):
+        load_config(Experiment, exp)
+    with pytest.raises(ConfigError, match=r"missing required value `data`"):
+        load_config(Experiment, None, [])
+
+
+def test_base_cycle_and_missing_file(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Experiment, tmp_path / "a.yaml")
+    write(tmp_path / "c.yaml", "base: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"nope.yaml.*named as a base in .*c.yaml"):
+        load_config(Experiment, tmp_path / "c.yaml")
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_describe_keys_lists_defaults():
+    lines = describe_keys(Experiment)
+    assert "model.n_layers: int = 2  # number of transformer blocks" in lines
+    assert "data.path: str = (required)" in lines
+
+
+def test_cli_unknown_command(capsys):
+    assert ipt_main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert ipt_main(["--help"]) == 0
