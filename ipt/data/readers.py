@@ -1,0 +1,132 @@
+"""Reading input documents from .jsonl(.gz/.zst), .parquet and .txt files, with located errors.
+
+Every stage that reads user text (synthesize, cook, tokenize) goes through `iter_records`, so
+bad input is reported the same way everywhere: the file, the 1-based line (or parquet row),
+and what was expected. Policies:
+- a line that is not a JSON object is an error, or with `skip_bad` is counted and skipped;
+- bytes that are not UTF-8 are replaced with U+FFFD and counted as `non_utf8_lines`
+  (one bad byte in a web page should not stop a 100B-token job, but it should be visible);
+- a `.txt` file is one document, `{"text": <the whole file>}`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt")
+
+
+class BadInputError(ValueError):
+    """Input that cannot be read as documents; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Document:
+    path: str
+    line: int
+    record: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def expand_inputs(patterns: str | Sequence[str]) -> list[Path]:
+    """Globs or paths -> the sorted, de-duplicated list of files; a pattern that matches nothing is an error."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not patterns:
+        raise BadInputError("no input given")
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if Path(m).is_file()]
+        if not matches:
+            raise BadInputError(f"input {pattern!r} matches no file")
+        for m in matches:
+            if not m.endswith(SUFFIXES):
+                raise BadInputError(f"{m}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+        files.extend(Path(m) for m in matches)
+    return list(dict.fromkeys(files))
+
+
+def _open_text_lines(path: Path) -> Iterator[bytes]:
+    name = path.name
+    if name.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            yield from f
+    elif name.endswith(".zst"):
+        import zstandard
+
+        with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
+            yield from io.BufferedReader(f)
+    else:
+        with open(path, "rb") as f:
+            yield from f
+
+
+def _decode(raw: bytes, stats: Counter) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats["non_utf8_lines"] += 1
+        return raw.decode("utf-8", errors="replace")
+
+
+def _iter_jsonl(path: Path, skip_bad: bool, stats: Counter) -> Iterator[Document]:
+    for lineno, raw in enumerate(_open_text_lines(path), start=1):
+        text = _decode(raw, stats).strip()
+        if not text:
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            error = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
+        else:
+            if isinstance(record, dict):
+                yield Document(str(path), lineno, record)
+                continue
+            error = f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
+        if not skip_bad:
+            raise BadInputError(error + "; pass skip_bad=true to count and skip such lines")
+        stats["bad_lines"] += 1
+
+
+def _iter_parquet(path: Path) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            row += 1
+            yield Document(str(path), row, record)
+
+
+def iter_records(
+    paths: Sequence[str | Path], *, skip_bad: bool = False, stats: Counter | None = None
+) -> Iterator[Document]:
+    """Every document of every file, in order. `stats` (if given) collects counts of skipped input."""
+    stats = Counter() if stats is None else stats
+    for path in map(Path, paths):
+        if path.name.endswith(".parquet"):
+            yield from _iter_parquet(path)
+        elif path.name.endswith(".txt"):
+            yield Document(str(path), 1, {"text": _decode(path.read_bytes(), stats)})
+        else:
+            yield from _iter_jsonl(path, skip_bad, stats)
+
+
+def get_field(doc: Document, field: str) -> Any:
+    """`doc.record[field]`, or an error that names the file, the line and the keys that were found."""
+    try:
+        return doc.record[field]
+    except KeyError:
+        keys = ", ".join(sorted(doc.record)) or "(none)"
+        raise BadInputError(f"{doc.where}: no field {field!r}; the record has: {keys}") from None
