@@ -1,0 +1,1 @@
+"""The trainer: mesh and sharding rules, optimizer, step, loop, Orbax checkpoints, metrics, AOT compiles."""

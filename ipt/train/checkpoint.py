@@ -1,0 +1,129 @@
+"""Orbax checkpoints of the train state plus the data iterator's state, and preemption handling.
+
+Each step directory holds two items: `state` (step, parameters, optimizer state; sharded
+arrays written by every host) and `data` (the grain iterator state as JSON), so a resumed run
+draws exactly the batches the interrupted run would have drawn next. Orbax writes a step
+under a temporary name and renames it when complete, so a crash mid-save leaves nothing that
+looks finished; a finished step that still fails to restore is reported and the next older
+one is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from pydantic import Field
+
+from ipt.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointConfig(Config):
+    """When to save and what to keep."""
+
+    every: int = Field(1000, gt=0, description="save every N steps (and at the end, and on preemption)")
+    keep: int | None = Field(3, gt=0, description="keep the N most recent checkpoints; null = all")
+    keep_every: int | None = Field(
+        None, gt=0, description="also keep every checkpoint whose step is a multiple of K"
+    )
+    async_save: bool = Field(True, description="write in a background thread while training continues")
+
+
+class Checkpointer:
+    """A `CheckpointManager` over `<run_dir>/checkpoints` with items `state` and `data`."""
+
+    def __init__(self, directory: str | Path, cfg: CheckpointConfig):
+        self.directory = Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=cfg.every,
+            max_to_keep=cfg.keep,
+            keep_period=cfg.keep_every,
+            enable_async_checkpointing=cfg.async_save,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict | None, *, force: bool = False) -> bool:
+        """Start saving `step` if the interval says so (or `force`); returns whether a save began."""
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_state is not None:
+            items["data"] = ocp.args.JsonSave(data_state)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict | None]:
+        """Restore `step` (default: the newest that restores) into `abstract_state`'s shapes and shardings."""
+        candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        if not candidates:
+            raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+        errors = []
+        for s in candidates:
+            try:
+                return (s, *self._restore_one(s, abstract_state))
+            except Exception as e:  # Orbax raises many types for a damaged directory
+                log.error(
+                    "checkpoint %s/%d cannot be restored (%s: %s); trying an older one",
+                    self.directory,
+                    s,
+                    type(e).__name__,
+                    e,
+                )
+                errors.append(f"step {s}: {type(e).__name__}: {e}")
+        raise RuntimeError(f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(errors))
+
+    def _restore_one(self, step: int, abstract_state: Any) -> tuple[Any, dict | None]:
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        has_data = (self.directory / str(step) / "data").exists()
+        if has_data:
+            items["data"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored["data"] if has_data else None
+
+    def wait(self) -> None:
+        """Block until a background save has been committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM (a TPU/GCE preemption notice) into a flag the loop checks once per step.
+
+    With several processes JAX's own preemption service catches the signal and all hosts agree
+    on the step to stop at (`reached_preemption`); in one process a plain handler sets a flag.
+    """
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
+        self.signalled = threading.Event()
+        self._previous: Any = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %d: will save a checkpoint and stop after this step", signum)
+        self.signalled.set()
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return self.manager.reached_preemption(step)
+        return self.signalled.is_set()
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
