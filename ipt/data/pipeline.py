@@ -9,12 +9,16 @@ checkpoint and calling `set_state()` on a fresh iterator resumes exactly where t
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
+import grain
 from pydantic import Field, model_validator
 
 from ipt.config import Config
-from ipt.data.sources import SourceConfig
+from ipt.data.packing import MASK, TOKENS, DecodeDocument, RowsToBatch, SplitLongDocument
+from ipt.data.records import Manifest, shard_paths
+from ipt.data.sources import SourceConfig, document_weights, open_sources
 
 
 class DataConfig(Config):
@@ -53,3 +57,163 @@ class DataConfig(Config):
             if dupes:
                 raise ValueError(f"{key}: source names must be unique; repeated: {dupes}")
         return self
+
+
+def make_batch_iterator(
+    cfg: DataConfig, *, process_index: int | None = None, process_count: int | None = None
+) -> grain.DatasetIterator:
+    """The training batches of this host: an endless (or `num_epochs`) stream of numpy dicts.
+
+    Each batch holds `inputs`, `targets`, `segment_ids`, `positions` and `loss_mask`, all int32
+    of shape [batch_size / process_count, seq_len]. Hosts default to JAX's process index/count.
+    """
+    return make_dataset(cfg, cfg.sources, process_index=process_index, process_count=process_count).__iter__()
+
+
+def make_eval_iterators(
+    cfg: DataConfig, *, process_index: int | None = None, process_count: int | None = None
+) -> dict[str, grain.DatasetIterator]:
+    """One finite pass over each eval source, in record order; the last batch is padded rows."""
+    one_pass = cfg.model_copy(update={"shuffle": False, "num_epochs": 1})
+    return {
+        src.name: make_dataset(
+            one_pass, [src], process_index=process_index, process_count=process_count
+        ).__iter__()
+        for src in cfg.eval_sources
+    }
+
+
+def make_dataset(
+    cfg: DataConfig,
+    sources: list[SourceConfig],
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """The grain dataset behind `make_batch_iterator` (mixture, shuffle, packing, batching)."""
+    process_index, process_count = _host(process_index, process_count)
+    if cfg.batch_size % process_count:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is not divisible by the {process_count} hosts; "
+            "every host must read the same number of rows"
+        )
+    manifests = open_sources(sources)
+    with_mask = any(m.has_loss_mask for m in manifests)
+    docs = []
+    for i, (src, manifest) in enumerate(zip(sources, manifests, strict=True)):
+        ds = grain.MapDataset.source(
+            grain.sources.ArrayRecordDataSource([str(p) for p in shard_paths(src.path, manifest)])
+        )
+        if len(ds) != manifest.num_docs:
+            raise ValueError(
+                f"source {src.name!r} ({src.path}): the shards hold {len(ds)} records "
+                f"but manifest.json says {manifest.num_docs}"
+            )
+        if len(ds) < process_count:
+            raise ValueError(
+                f"source {src.name!r} ({src.path}) has fewer documents than the {process_count} hosts"
+            )
+        ds = ds[process_index::process_count]
+        if cfg.shuffle:
+            ds = ds.shuffle(seed=(cfg.seed * 1_000_003 + i) % 2**32)
+        ds = ds.repeat(cfg.num_epochs)
+        docs.append(ds.map(_decoder(cfg, src, manifest, with_mask)))
+    mixed = docs[0] if len(docs) == 1 else grain.MapDataset.mix(docs, document_weights(sources, manifests))
+    stream = mixed.to_iter_dataset(
+        grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer_size)
+    )
+    row_len = cfg.seq_len + 1
+    lengths = {TOKENS: row_len, **({MASK: row_len} if with_mask else {})}
+    if cfg.packing == "concat":
+        rows = grain.experimental.ConcatThenSplitIterDataset(stream, length_struct=lengths)
+    else:
+        rows = grain.experimental.FirstFitPackIterDataset(
+            grain.experimental.FlatMapIterDataset(stream, SplitLongDocument(row_len)),
+            length_struct=lengths,
+            num_packing_bins=cfg.pack_bins,
+            seed=cfg.seed,
+            shuffle_bins=cfg.shuffle,
+            meta_features=(MASK,) if with_mask else (),
+        )
+    local_batch = cfg.batch_size // process_count
+    batches = rows.batch(
+        local_batch, batch_fn=functools.partial(grain.experimental.batch_and_pad, batch_size=local_batch)
+    ).map(RowsToBatch(pack=cfg.packing == "pack"))
+    if cfg.worker_count:
+        _allow_unparsed_absl_flags()
+        batches = batches.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+            )
+        )
+    return _JsonStateIterDataset(batches)
+
+
+def _decoder(cfg: DataConfig, src: SourceConfig, manifest: Manifest, with_mask: bool) -> DecodeDocument:
+    append_eos = None
+    if cfg.packing == "concat" and not manifest.add_eos:
+        if manifest.tokenizer.eos_id is None:
+            raise ValueError(
+                f"source {src.name!r} ({src.path}): packing=concat separates documents with eos, "
+                f"but the tokenizer {manifest.tokenizer.name!r} has none; use packing=pack"
+            )
+        append_eos = manifest.tokenizer.eos_id
+    return DecodeDocument(
+        dtype=manifest.dtype, has_loss_mask=manifest.has_loss_mask, with_mask=with_mask, append_eos=append_eos
+    )
+
+
+def _host(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+    return process_index, process_count
+
+
+class _JsonStateIterDataset(grain.IterDataset):
+    """Passes batches through; its iterator accepts a state that went through JSON.
+
+    grain's ConcatThenSplit packer compares its saved slices with a tuple sentinel, so after a
+    JSON round trip (tuples become lists, as in Orbax's grain checkpoint handler) it would take
+    an empty remainder for a real one and skip a document. Restoring the tuples fixes that.
+    """
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _JsonStateIterator(self._parent.__iter__())
+
+
+class _JsonStateIterator(grain.DatasetIterator):
+    def __next__(self) -> dict:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(_slices_as_tuples(state))
+
+    def close(self) -> None:
+        self._parent.close()
+
+
+def _slices_as_tuples(state: Any) -> Any:
+    if isinstance(state, dict):
+        return {
+            k: {f: tuple(sl) for f, sl in v.items()} if k == "remainder_slices" else _slices_as_tuples(v)
+            for k, v in state.items()
+        }
+    if isinstance(state, list):
+        return [_slices_as_tuples(v) for v in state]
+    return state
+
+
+def _allow_unparsed_absl_flags() -> None:
+    """grain's worker processes read an absl flag, which fails unless flags were parsed (grain#1355)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
