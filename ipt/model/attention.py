@@ -1,0 +1,124 @@
+"""Causal grouped-query attention with packed-document masking, behind three backends.
+
+All backends compute the same thing: query i attends key j when j <= i (index causal),
+both carry the same segment id (no attention across packed documents), and, with a sliding
+window w, i - j < w (Hugging Face's Mistral convention). `xla` is the reference and the only
+one that takes a KV cache; `cudnn` and `splash` are fused kernels for training shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Large but finite, so a row with nothing to attend to (padding) gives a finite softmax.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def attention_mask(
+    q_index: jax.Array,
+    q_segment: jax.Array,
+    k_index: jax.Array,
+    k_segment: jax.Array,
+    sliding_window: int | None,
+) -> jax.Array:
+    """Boolean [batch, q, k]: indices [q] / [k], segment ids [batch, q] / [batch, k]."""
+    allowed = k_index[None, None, :] <= q_index[None, :, None]
+    if sliding_window is not None:
+        allowed &= q_index[None, :, None] - k_index[None, None, :] < sliding_window
+    return allowed & (q_segment[:, :, None] == k_segment[:, None, :])
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Reference: q [b, s, h, d], k/v [b, t, kv, d], mask [b, s, t] -> [b, s, h, d]."""
+    b, s, h, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, s, kv_heads, h // kv_heads, d)
+    scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * d**-0.5
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    return out.reshape(b, s, h, d)
+
+
+def cudnn_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, sliding_window: int | None
+) -> jax.Array:
+    """cuDNN flash attention (NVIDIA GPUs): causal and window fused, segments as a mask."""
+    same_doc = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    window = None if sliding_window is None else (sliding_window - 1, 0)
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=same_doc, is_causal=True, local_window_size=window, implementation="cudnn"
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(heads: int, seq: int, sliding_window: int | None, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    if sliding_window is None:
+        head_mask = masks.CausalMask((seq, seq))
+    else:
+        head_mask = masks.LocalMask((seq, seq), window_size=(sliding_window - 1, 0), offset=0)
+    block = min(512, seq)
+    sizes = kernel.BlockSizes(
+        block_q=block,
+        block_kv_compute=block,
+        block_kv=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    return kernel.make_splash_mha(
+        masks.MultiHeadMask([head_mask] * heads),
+        block_sizes=sizes,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
+
+
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    sliding_window: int | None,
+    interpret: bool = False,
+) -> jax.Array:
+    """Pallas splash attention (TPU); `interpret=True` runs the same kernel on CPU, slowly."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
+
+    _, s, h, d = q.shape
+    run = _splash_kernel(h, s, sliding_window, interpret)
+    heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, s, h, d] -> [b, h, s, d]
+    q = heads_first(q * jnp.asarray(d**-0.5, q.dtype))
+    segments = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
+    out = jax.vmap(lambda q1, k1, v1, seg: run(q1, k1, v1, segment_ids=seg))(
+        q, heads_first(k), heads_first(v), segments
+    )
+    return jnp.swapaxes(out, 1, 2)
+
+
+def attend(
+    backend: str,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    sliding_window: int | None,
+) -> jax.Array:
+    """Self-attention over one training-shaped block (no cache), on the chosen backend."""
+    if backend == "cudnn":
+        return cudnn_attention(q, k, v, segment_ids, sliding_window)
+    if backend == "splash":
+        return splash_attention(q, k, v, segment_ids, sliding_window)
+    index = jnp.arange(q.shape[1])
+    mask = attention_mask(index, segment_ids, index, segment_ids, sliding_window)
+    return xla_attention(q, k, v, mask)

@@ -1,0 +1,145 @@
+"""Model behaviour that needs no PyTorch: masking, sharding metadata, remat, backends, config."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, PartitionSpec
+
+from ipt.config import ConfigError, load_config
+from ipt.model import ModelConfig, create_model, load_model_config, logical_axes, parameter_count
+from ipt.model.attention import attend, splash_attention
+
+TINY = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    dtype="float32",
+)
+
+
+def run(model, ids, positions, segments):
+    return np.asarray(model(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments)))
+
+
+def test_packed_row_equals_each_document_alone():
+    model = create_model(ModelConfig(architecture="mistral", sliding_window=4, **TINY), seed=3)
+    rng = np.random.default_rng(0)
+    lengths = [5, 9, 3]
+    docs = [rng.integers(0, 97, size=n) for n in lengths]
+    pad = 4
+    ids = np.concatenate([*docs, np.zeros(pad, int)])[None].astype(np.int32)
+    positions = np.concatenate([np.arange(n) for n in lengths] + [np.zeros(pad, int)])[None].astype(np.int32)
+    segments = np.concatenate([np.full(n, k + 1) for k, n in enumerate(lengths)] + [np.zeros(pad, int)])
+    packed = run(model, ids, positions, segments[None].astype(np.int32))
+    start = 0
+    for doc in docs:
+        n = len(doc)
+        alone = run(
+            model, doc[None].astype(np.int32), np.arange(n)[None].astype(np.int32), np.ones((1, n), np.int32)
+        )
+        np.testing.assert_allclose(packed[0, start : start + n], alone[0], atol=1e-5)
+        start += n
+    assert np.isfinite(packed).all(), "padding rows must stay finite"
+
+
+def test_every_parameter_has_logical_axes():
+    config = ModelConfig(**TINY)
+    specs = nnx.to_pure_dict(logical_axes(config))
+    assert specs["layers"]["self_attn"]["q_proj"]["weight"] == PartitionSpec(
+        "layers", "embed", "heads", "head_dim"
+    )
+    assert specs["layers"]["self_attn"]["k_proj"]["weight"] == PartitionSpec(
+        "layers", "embed", "kv_heads", "head_dim"
+    )
+    assert specs["layers"]["mlp"]["down_proj"]["weight"] == PartitionSpec("layers", "mlp", "embed")
+    assert specs["embed_tokens"]["weight"] == PartitionSpec("vocab", "embed")
+    assert specs["lm_head"]["weight"] == PartitionSpec("embed", "vocab")
+    vocabulary = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers"}
+    shapes = nnx.to_pure_dict(nnx.state(create_model(config), nnx.Param))
+    for spec, value in zip(jax.tree.leaves(specs), jax.tree.leaves(shapes), strict=True):
+        assert len(spec) == value.ndim and set(spec) <= vocabulary
+
+
+def test_model_created_on_a_mesh_is_sharded_by_the_rules():
+    mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2)
+    rules = [
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+        ("head_dim", None),
+        ("layers", None),
+    ]
+    config = ModelConfig(**{**TINY, "num_key_value_heads": 4, "vocab_size": 96})
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        model = create_model(config)
+    q = model.layers.self_attn.q_proj.weight[...]
+    expected = jax.sharding.NamedSharding(mesh, PartitionSpec(None, "fsdp", "tensor", None))
+    assert q.sharding.is_equivalent_to(expected, q.ndim)
+    ref = create_model(config)
+    ids = np.arange(16, dtype=np.int32).reshape(2, 8)
+    pos = np.tile(np.arange(8, dtype=np.int32), (2, 1))
+    seg = np.ones((2, 8), np.int32)
+    with jax.set_mesh(mesh):
+        sharded = run(model, ids, pos, seg)
+    np.testing.assert_allclose(sharded, run(ref, ids, pos, seg), atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["full", "save_dots"])
+def test_remat_changes_memory_not_numbers(remat):
+    ids = np.random.default_rng(1).integers(0, 97, size=(2, 12)).astype(np.int32)
+    pos = np.tile(np.arange(12, dtype=np.int32), (2, 1))
+    seg = np.ones_like(ids)
+
+    def grads(config):
+        model = create_model(config, seed=5)
+
+        def loss(m):
+            return jnp.mean(m(ids, pos, seg) ** 2)
+
+        return jax.tree.leaves(nnx.grad(loss)(model))
+
+    for a, b in zip(grads(ModelConfig(**TINY)), grads(ModelConfig(**TINY, remat=remat)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_splash_kernel_matches_xla_reference():
+    """The Pallas TPU kernel, run by the Pallas interpreter on CPU, against the XLA reference."""
+    rng = np.random.default_rng(0)
+    b, s, h, kv, d = 1, 256, 4, 2, 64
+    q, k, v = (jnp.asarray(rng.normal(size=(b, s, n, d)), jnp.float32) for n in (h, kv, kv))
+    segments = jnp.asarray(np.repeat([1, 2, 3], [100, 100, 56])[None], jnp.int32)
+    for window in (None, 48):
+        ref = attend("xla", q, k, v, segments, window)
+        got = splash_attention(q, k, v, segments, window, interpret=True)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_config_fills_hf_defaults_and_rejects_bad_heads(tmp_path):
+    config = ModelConfig(
+        vocab_size=10, hidden_size=64, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4
+    )
+    assert (config.num_key_value_heads, config.head_dim) == (4, 16)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "vocab_size: 10\nhidden_size: 64\nintermediate_size: 8\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 4\nnum_key_value_heads: 3\n"
+    )
+    with pytest.raises(ConfigError, match="multiple of num_key_value_heads"):
+        load_config(ModelConfig, bad)
+    with pytest.raises(ConfigError, match="Mistral feature"):
+        load_model_config("tiny", ("architecture=llama",))
+
+
+def test_presets_have_documented_sizes():
+    counts = {name: parameter_count(load_model_config(name)) for name in ("ipt-500m", "ipt-1.3b")}
+    assert abs(counts["ipt-500m"] / 500e6 - 1) < 0.05
+    assert abs(counts["ipt-1.3b"] / 1.3e9 - 1) < 0.05
