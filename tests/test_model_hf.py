@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,7 +12,8 @@ import torch
 import transformers
 
 from ipt.model import hf
-from ipt.model.store import load_model
+from ipt.model.generate import generate
+from ipt.model.store import load_model, load_model_config_dir, load_params, model_from_params
 
 SEQ = 24
 CASES = {
@@ -98,7 +102,6 @@ def random_ids(vocab: int, shape=(2, SEQ), seed: int = 1) -> np.ndarray:
 def test_logits_match_transformers(case, tmp_path):
     fields = dict(CASES[case])
     hf_model = make_hf_model(fields.pop("arch"), **fields)
-    assert len(list((tmp_path).glob("*"))) == 0
     model = import_model(hf_model, tmp_path)
     assert len(list((tmp_path / "hf").glob("*.safetensors"))) > 1, "import must read sharded checkpoints"
     ids = random_ids(hf_model.config.vocab_size)
@@ -106,3 +109,115 @@ def test_logits_match_transformers(case, tmp_path):
     got = ipt_logits(model, ids)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 1e-4
+
+
+def test_sliding_window_and_rope_scaling_change_the_logits(tmp_path):
+    """Guards the parity cases: each feature under test must actually matter at this length."""
+    for case, field in (
+        ("mistral_sliding_window", "sliding_window"),
+        ("llama3_rope_scaling", "rope_scaling"),
+    ):
+        fields = dict(CASES[case])
+        model = import_model(make_hf_model(fields.pop("arch"), **fields), tmp_path / case)
+        ids = random_ids(model.config.vocab_size)
+        without = model_from_params(model.config.model_copy(update={field: None}), hf.model_params(model))
+        assert np.abs(ipt_logits(model, ids) - ipt_logits(without, ids)).max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_export_reloads_in_transformers_and_reimports_identically(arch, tmp_path, mistral_tokenizer_dir):
+    extra = dict(sliding_window=6) if arch == "mistral" else dict(tie_word_embeddings=True)
+    model = import_model(make_hf_model(arch, seed=4, **extra), tmp_path)
+    params = hf.model_params(model)
+    out = hf.export_hf(
+        model.config,
+        params,
+        tmp_path / "export",
+        dtype="float32",
+        tokenizer_dir=mistral_tokenizer_dir,
+        max_shard_bytes=30_000,
+    )
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and set(index["weight_map"].values()) == {p.name for p in shards}
+    assert all(p.stat().st_size <= 30_000 + 4096 for p in shards)
+    assert (out / "generation_config.json").exists() and (out / "tokenizer_config.json").exists()
+
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(reloaded).__name__ == hf.HF_CLASS[arch]
+    ids = random_ids(model.config.vocab_size, seed=7)
+    assert np.abs(hf_logits(reloaded, ids) - ipt_logits(model, ids)).max() < 1e-4
+    transformers.AutoTokenizer.from_pretrained(out)
+
+    again = hf.import_hf(out, tmp_path / "again", dtype="float32")
+    assert load_model_config_dir(again) == model.config
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(load_params(again, model.config)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bfloat16_export_loads(tmp_path):
+    model = import_model(make_hf_model("mistral", sliding_window=8), tmp_path)
+    out = hf.export_hf(model.config, hf.model_params(model), tmp_path / "bf16")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.dtype == torch.bfloat16
+    ids = random_ids(model.config.vocab_size)
+    ref = hf_logits(reloaded.float(), ids)
+    assert np.abs(ref - ipt_logits(model, ids)).max() < 0.05 * np.abs(ref).max()
+
+
+def test_import_reports_missing_tensor(tmp_path):
+    src = tmp_path / "hf"
+    make_hf_model("llama").save_pretrained(src)
+    from safetensors.numpy import load_file, save_file
+
+    file = next(src.glob("*.safetensors"))
+    tensors = load_file(file)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, file)
+    with pytest.raises(KeyError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+        hf.import_hf(src, tmp_path / "ipt")
+    assert not (tmp_path / "ipt").exists()
+
+
+def test_greedy_generation_equals_transformers(tmp_path):
+    hf_model = make_hf_model("mistral", seed=2, sliding_window=6)
+    model = import_model(hf_model, tmp_path)
+    prompts = [[5, 17, 3, 99, 42, 8, 1, 64], [7, 7, 21]]
+    new = 12
+    ours = generate(model, prompts, new, eos_ids=())
+    for prompt, got in zip(prompts, ours, strict=True):
+        with torch.no_grad():
+            ref = hf_model.generate(
+                torch.tensor([prompt]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0
+            )[0, len(prompt) :].tolist()
+        assert got == ref
+    # stop on eos: declare the 4th greedy token of row 0 an end-of-sequence id
+    eos = ours[0][3]
+    stopped = generate(model, prompts, new, eos_ids=(eos,))
+    assert stopped[0] == ours[0][:4]
+    cut = next((k + 1 for k, t in enumerate(ours[1]) if t == eos), new)
+    assert stopped[1] == ours[1][:cut]
+
+
+def test_sampling_is_seeded_and_top_p_restricts_support(tmp_path):
+    model = import_model(make_hf_model("llama", seed=6), tmp_path)
+    prompts = [[1, 2, 3], [4, 5, 6, 7]]
+    a = generate(model, prompts, 8, temperature=1.0, top_p=0.9, seed=11, eos_ids=())
+    assert a == generate(model, prompts, 8, temperature=1.0, top_p=0.9, seed=11, eos_ids=())
+    assert a != generate(model, prompts, 8, temperature=1.0, top_p=0.9, seed=12, eos_ids=())
+    # a tiny nucleus keeps only the most likely token: sampling becomes greedy
+    assert generate(model, prompts, 8, temperature=1.0, top_p=1e-6, seed=3, eos_ids=()) == generate(
+        model, prompts, 8, eos_ids=()
+    )
+
+
+def test_preset_parameter_counts_equal_transformers():
+    from ipt.model import load_model_config, parameter_count, preset_names
+
+    for name in preset_names():
+        config = load_model_config(name)
+        hf_cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM}
+        cfg_cls = transformers.MistralConfig if config.architecture == "mistral" else transformers.LlamaConfig
+        with torch.device("meta"):
+            ref = hf_cls[config.architecture](cfg_cls(**hf.hf_config_dict(config, "float32")))
+        assert parameter_count(config) == sum(p.numel() for p in ref.parameters()), name
