@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import Field, model_validator
 
-from ipt.config import Config, load_config
+from ipt.config import Config, ConfigError, load_config
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 
@@ -114,7 +114,11 @@ class ModelConfig(Config):
 def load_model_config(name_or_path: str | Path, overrides: tuple[str, ...] = ()) -> ModelConfig:
     """A preset name (`tiny`, `llama3-8b`, ...) or a YAML path -> validated `ModelConfig`."""
     path = Path(name_or_path)
-    if not path.exists() and (PRESETS_DIR / f"{name_or_path}.yaml").exists():
+    if not path.exists():
+        if not (PRESETS_DIR / f"{name_or_path}.yaml").exists():
+            raise ConfigError(
+                f"{name_or_path}: neither a config file nor a preset ({', '.join(preset_names())})"
+            )
         path = PRESETS_DIR / f"{name_or_path}.yaml"
     return load_config(ModelConfig, path, overrides)
 
