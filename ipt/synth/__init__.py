@@ -1,0 +1,1 @@
+"""Synthesis: raw texts -> read collections of instruction-response pairs (no JAX here)."""

@@ -1,0 +1,192 @@
+"""Synthesis engines behind one small interface: prompt strings in, generated texts out.
+
+`vllm` is the production path (offline `vllm.LLM`, one `generate` call per round-batch so vLLM
+schedules continuous batching itself); `hf` runs `transformers` + PyTorch `generate` with left
+padding, for debugging and small runs; `rules` (ipt.synth.rules) mines pairs without an LM.
+Every engine tokenizes prompts itself *without* adding special tokens (the prompt carries a
+literal `<s>`), and exposes the same tokenizer for the chains' length guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings; the reference is greedy with at most 400 new tokens."""
+
+    max_new_tokens: int = 400
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    token_ids: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the chain logic needs from a synthesizer."""
+
+    max_model_len: int
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of prompt pieces, tokenized as prompts are (no special tokens added)."""
+        ...
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+class TokenCounter:
+    """Counting and truncating with a Hugging Face tokenizer, never adding special tokens."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.encode(texts)]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of `text` (cut at a token boundary) of at most `max_tokens` tokens."""
+        ids = self.encode([text])[0]
+        if len(ids) <= max_tokens:
+            return text
+        cut = self.tokenizer.decode(ids[: max(max_tokens, 0)], skip_special_tokens=False)
+        while cut and self.count_tokens([cut])[0] > max_tokens:  # decode/encode need not round-trip
+            cut = cut[:-1]
+        return cut.rstrip()
+
+
+class HFEngine(TokenCounter):
+    """`transformers` generate, batched with left padding, greedy unless temperature > 0."""
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None = None,
+        *,
+        max_model_len: int = 4096,
+        batch_size: int = 8,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ipt.data.tokenizer import resolve_tokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_tokenizer(tokenizer or model))
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.unk_token or tok.eos_token
+        super().__init__(tok)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device).eval()
+        self.device = device
+        self.max_model_len = max_model_len
+        self.batch_size = batch_size
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        import torch
+
+        ids = self.encode(prompts)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
+        out: list[Generation | None] = [None] * len(ids)
+        eos = self.tokenizer.eos_token_id
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+            torch.manual_seed(sampling.seed)
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
+                    max_new_tokens=sampling.max_new_tokens,
+                    do_sample=sampling.temperature > 0,
+                    temperature=sampling.temperature if sampling.temperature > 0 else None,
+                    top_p=None,
+                    top_k=None,
+                    eos_token_id=eos,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :].tolist()
+            for i, row in zip(batch, new, strict=True):
+                if eos in row:
+                    row = row[: row.index(eos)]
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                out[i] = Generation(text, len(ids[i]), len(row), tuple(row))
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.model = None
+
+
+class VLLMEngine(TokenCounter):
+    """Offline `vllm.LLM`. vLLM is imported here only: the rest of ipt never needs it."""
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None = None,
+        *,
+        max_model_len: int = 4096,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        from vllm import LLM
+
+        from ipt.data.tokenizer import resolve_tokenizer
+
+        tok_name = resolve_tokenizer(tokenizer) if tokenizer else model
+        self.llm = LLM(
+            model=model,
+            tokenizer=tok_name,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+            **(extra or {}),
+        )
+        super().__init__(self.llm.get_tokenizer())
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = self.encode(prompts)
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed if sampling.temperature > 0 else None,
+        )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
+        return [
+            Generation(o.outputs[0].text, len(p), len(o.outputs[0].token_ids), tuple(o.outputs[0].token_ids))
+            for p, o in zip(ids, outs, strict=True)
+        ]
+
+    def close(self) -> None:
+        self.llm = None

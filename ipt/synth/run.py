@@ -1,0 +1,302 @@
+"""`ipt synthesize`: raw texts -> read collections, sharded over machines and resumable.
+
+The input (all files, in order) is cut into chunks of `chunk_texts` consecutive records;
+chunk c belongs to shard c mod num_shards, so shards never wait for each other and any
+number of machines can split one corpus. Within a chunk the texts are cut into M rounds and
+chained (ipt.synth.rounds). A chunk's collections are written to a temporary file and renamed
+to `chunk-NNNNNN.jsonl`; then its stats are written the same way to `chunk-NNNNNN.stats.json`,
+which marks the chunk complete. A restarted run skips complete chunks and redoes the rest, so
+a run killed at any point loses and duplicates nothing. The chunking does not depend on
+num_shards: a job may be re-split between restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ipt.config import Config, run_stage
+from ipt.data.readers import BadInputError, Document, expand_inputs, get_field, iter_records
+from ipt.synth import format as wire
+from ipt.synth.engines import Engine, Sampling
+from ipt.synth.rounds import synthesize_chains
+
+SETTINGS_FILE = "synth.json"
+NOT_OUTPUT_DECIDING = {"shard", "num_shards", "progress", "gpu_memory_utilization"}
+
+
+class SynthesizeConfig(Config):
+    """Turn raw texts into read collections of instruction-response pairs."""
+
+    input: str | list[str] = Field(description="input files or globs (.jsonl[.gz|.zst], .parquet, .txt)")
+    output_dir: str = Field(description="where chunk-NNNNNN.jsonl collections and stats go")
+    engine: Literal["vllm", "hf", "rules"] = Field("vllm", description="vllm | hf | rules")
+    model: str = Field("instruction-pretrain/instruction-synthesizer", description="LM path or hub name")
+    tokenizer: str | None = Field(None, description="default: the model's; rules: mistral-v1")
+    rounds: int = Field(2, ge=1, description="M: rounds of multi-round synthesis")
+    text_field: str = "text"
+    shard: int = Field(0, ge=0)
+    num_shards: int = Field(1, ge=1)
+    chunk_texts: int = Field(4096, ge=1, description="input records per chunk (the unit of resumption)")
+    max_model_len: int = Field(4096, ge=16)
+    max_new_tokens: int = Field(400, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    long_text: Literal["truncate", "skip"] = Field(
+        "truncate", description="a text whose reading part exceeds max_model_len - max_new_tokens"
+    )
+    skip_bad: bool = Field(False, description="count and skip input lines that are not JSON objects")
+    max_pairs: int = Field(5, ge=1, description="rules engine: pairs per text at most")
+    dtype: str = Field("auto", description="model dtype (hf, vllm)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm")
+    enable_prefix_caching: bool = Field(True, description="vllm")
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM arguments")
+    batch_size: int = Field(8, ge=1, description="hf: prompts per generate call")
+    device: str = Field("auto", description="hf: cpu | cuda | auto")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthesizeConfig:
+        if self.shard >= self.num_shards:
+            raise ValueError(f"shard={self.shard} must be below num_shards={self.num_shards}")
+        if self.max_new_tokens >= self.max_model_len:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room in max_model_len")
+        return self
+
+    @property
+    def budget(self) -> int:
+        """Prompt tokens allowed: the reading parts plus examples must leave room to generate."""
+        return self.max_model_len - self.max_new_tokens
+
+
+def make_engine(cfg: SynthesizeConfig) -> Engine:
+    if cfg.engine == "rules":
+        from ipt.synth.rules import RulesEngine
+
+        return RulesEngine(
+            cfg.tokenizer or "mistral-v1", max_model_len=cfg.max_model_len, max_pairs=cfg.max_pairs
+        )
+    if cfg.engine == "hf":
+        from ipt.synth.engines import HFEngine
+
+        return HFEngine(
+            cfg.model,
+            cfg.tokenizer,
+            max_model_len=cfg.max_model_len,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            dtype=cfg.dtype,
+        )
+    from ipt.synth.engines import VLLMEngine
+
+    return VLLMEngine(
+        cfg.model,
+        cfg.tokenizer,
+        max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        dtype=cfg.dtype,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+        seed=cfg.seed,
+        extra=cfg.vllm_kwargs,
+    )
+
+
+def write_atomic(path: Path, data: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def chunk_paths(out: Path, chunk: int) -> tuple[Path, Path]:
+    return out / f"chunk-{chunk:06d}.jsonl", out / f"chunk-{chunk:06d}.stats.json"
+
+
+def _check_settings(cfg: SynthesizeConfig, files: list[Path], out: Path) -> None:
+    """Refuse to mix outputs of different settings or inputs in one directory."""
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_OUTPUT_DECIDING}
+    settings["input"] = [{"path": str(f), "bytes": f.stat().st_size} for f in files]
+    path = out / SETTINGS_FILE
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            raise SystemExit(
+                f"ipt synthesize: {out} holds output of different settings ({', '.join(changed)} differ "
+                f"from {path}); use a new output_dir or the same settings to resume"
+            )
+        return
+    write_atomic(path, json.dumps(settings, indent=1, ensure_ascii=False) + "\n")
+
+
+def _chunks(docs: Iterator[Document], size: int) -> Iterator[tuple[int, list[Document]]]:
+    """Consecutive records grouped as (chunk index, records)."""
+    buf: list[Document] = []
+    chunk = 0
+    for doc in docs:
+        buf.append(doc)
+        if len(buf) == size:
+            yield chunk, buf
+            buf, chunk = [], chunk + 1
+    if buf:
+        yield chunk, buf
+
+
+def prepare_texts(cfg: SynthesizeConfig, docs: list[Document], engine: Engine, stats: Counter) -> list[str]:
+    """Texts of a chunk, stripped; empty ones skipped; long ones truncated or skipped (counted)."""
+    texts = []
+    for doc in docs:
+        value = get_field(doc, cfg.text_field)
+        if not isinstance(value, str):
+            raise BadInputError(
+                f"{doc.where}: field {cfg.text_field!r} must be a string, got {type(value).__name__}"
+            )
+        stats["input_records"] += 1
+        if value.strip():
+            texts.append(value.strip())
+        else:
+            stats["empty_texts"] += 1
+    overhead = engine.count_tokens([wire.reading_part("")])[0]
+    kept = []
+    for text, n in zip(texts, engine.count_tokens([wire.reading_part(t) for t in texts]), strict=True):
+        if n <= cfg.budget:
+            kept.append(text)
+        elif cfg.long_text == "skip":
+            stats["long_texts_skipped"] += 1
+        else:
+            stats["long_texts_truncated"] += 1
+            kept.append(engine.truncate(text, cfg.budget - overhead))
+    return kept
+
+
+class Progress:
+    """A progress bar with texts/s, pairs/text and prompt/generated tokens per second."""
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="text", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        self.start = time.perf_counter()
+        self.totals = Counter()
+
+    def __call__(self, texts: int, pairs: int, prompt_tokens: int, generated_tokens: int) -> None:
+        t = self.totals
+        t.update(texts=texts, pairs=pairs, prompt=prompt_tokens, generated=generated_tokens)
+        dt = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(texts)
+        self.bar.set_postfix_str(
+            f"pairs/text={t['pairs'] / max(t['texts'], 1):.2f} prompt_tok/s={t['prompt'] / dt:.0f} "
+            f"gen_tok/s={t['generated'] / dt:.0f}"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+STAT_KEYS = (
+    "input_records",
+    "empty_texts",
+    "long_texts_truncated",
+    "long_texts_skipped",
+    "texts",
+    "pairs",
+    "zero_pair_texts",
+    "parse_failures",
+    "duplicate_questions",
+    "truncated_generations",
+    "inherited_entries",
+    "chains_broken_by_zero_pairs",
+    "chains_broken_by_length",
+    "collections",
+    "prompt_tokens",
+    "generated_tokens",
+)
+
+
+def summarize(counts: Counter) -> dict[str, Any]:
+    """Every stat key (zeros included), then pairs per text."""
+    out: dict[str, Any] = {k: counts.get(k, 0) for k in STAT_KEYS}
+    out.update(sorted((k, v) for k, v in counts.items() if k not in out))
+    out["pairs_per_text"] = round(counts["pairs"] / counts["texts"], 4) if counts["texts"] else 0.0
+    return out
+
+
+def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
+    """Run shard `cfg.shard` of `cfg.num_shards`; return the shard's stats (also written to disk)."""
+    files = expand_inputs(cfg.input)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, files, out)
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.seed)
+    read_stats: Counter = Counter()
+    totals: Counter = Counter()
+    run: Counter = Counter()
+    engine: Engine | None = None
+    progress = Progress(cfg.progress)
+    start = time.perf_counter()
+    try:
+        for chunk, docs in _chunks(
+            iter_records(files, skip_bad=cfg.skip_bad, stats=read_stats), cfg.chunk_texts
+        ):
+            run["chunks_total"] += 1
+            if chunk % cfg.num_shards != cfg.shard:
+                continue
+            data_path, stats_path = chunk_paths(out, chunk)
+            if stats_path.exists():
+                done = json.loads(stats_path.read_text(encoding="utf-8"))
+                totals.update({k: v for k, v in done.items() if k != "pairs_per_text"})
+                run["chunks_already_done"] += 1
+                continue
+            engine = engine or make_engine(cfg)
+            stats: Counter = Counter()
+            texts = prepare_texts(cfg, docs, engine, stats)
+            chains = synthesize_chains(texts, cfg.rounds, engine, sampling, cfg.budget, stats, progress)
+            stats["collections"] = len(chains)
+            lines = "".join(json.dumps([e.to_json() for e in c], ensure_ascii=False) + "\n" for c in chains)
+            write_atomic(data_path, lines)
+            write_atomic(stats_path, json.dumps(summarize(stats), indent=1) + "\n")
+            totals.update(stats)
+            run["chunks_done_now"] += 1
+    finally:
+        progress.close()
+        if engine is not None:
+            engine.close()
+    seconds = time.perf_counter() - start
+    summary = summarize(totals)
+    summary.update({k: read_stats.get(k, 0) for k in ("bad_lines", "non_utf8_lines")})
+    summary.update(run)
+    summary.update(shard=cfg.shard, num_shards=cfg.num_shards, seconds=round(seconds, 3))
+    summary["texts_per_second_now"] = round(progress.totals["texts"] / seconds, 3) if seconds else 0.0
+    name = f"stats.shard-{cfg.shard:05d}-of-{cfg.num_shards:05d}.json"
+    write_atomic(out / name, json.dumps(summary, indent=1) + "\n")
+    print(
+        f"ipt synthesize: shard {cfg.shard}/{cfg.num_shards}: {summary.get('texts', 0)} texts, "
+        f"{summary['pairs_per_text']} pairs/text, {run['chunks_done_now']} chunks written, "
+        f"{run['chunks_already_done']} already done -> {out / name}",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    def _run(cfg: SynthesizeConfig) -> int:
+        try:
+            synthesize(cfg)
+        except BadInputError as e:
+            print(f"ipt synthesize: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+
+    return run_stage(SynthesizeConfig, _run, sys.argv[1:] if argv is None else argv, prog="ipt synthesize")
