@@ -185,3 +185,82 @@ def test_missing_instruction_field_is_named(tmp_path):
 def test_shard_index_must_be_below_num_shards(capsys):
     assert main(["input=x", "output_dir=y", "num_shards=2", "shard_index=2"]) == 2
     assert "shard_index=2 must be < num_shards=2" in capsys.readouterr().err
+
+
+def test_synthesize_cook_tokenize_end_to_end(tmp_path, corpus_docs, mistral_tokenizer_dir):
+    """Rules-engine collections cook into texts that `ipt tokenize` stores token for token."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    from transformers import AutoTokenizer
+
+    from ipt.data.records import decode_record, read_manifest
+    from ipt.data.tokenize import TokenizeConfig, tokenize
+    from ipt.synth.run import SynthesizeConfig, synthesize
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": d["text"]}) + "\n" for d in corpus_docs[:24]))
+    synth = tmp_path / "synth"
+    synthesize(
+        SynthesizeConfig(input=str(raw), output_dir=str(synth), engine="rules", rounds=2, progress=False)
+    )
+    cooked = tmp_path / "cooked"
+    totals = cook(CookConfig(input=str(synth / "chunk-*.jsonl"), output_dir=str(cooked)))
+    assert totals["pairs_out"] > 24 and totals["pairs_out"] == totals["pairs_in"]
+    texts = [t for p in sorted(cooked.glob("*.jsonl")) for t in _read_texts(p)]
+    tokens = tmp_path / "tokens"
+    tokenize(
+        TokenizeConfig(
+            input=str(cooked / "*.jsonl"),
+            output_dir=str(tokens),
+            tokenizer=str(mistral_tokenizer_dir),
+            progress=False,
+        )
+    )
+    manifest = read_manifest(tokens)
+    assert manifest.num_docs == len(texts)
+    tok = AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
+    reader = ArrayRecordReader(str(tokens / manifest.shards[0].file))
+    ids, _ = decode_record(reader.read([0])[0], manifest.dtype, manifest.has_loss_mask)
+    reader.close()
+    assert tok.decode(ids, skip_special_tokens=True) == tok.decode(
+        tok(texts[0]).input_ids, skip_special_tokens=True
+    )
+
+
+def test_response_only_loss_mask_reaches_the_shards(tmp_path, mistral_tokenizer_dir):
+    from array_record.python.array_record_module import ArrayRecordReader
+    from transformers import AutoTokenizer
+
+    from ipt.data.records import decode_record, read_manifest
+    from ipt.data.tokenize import TokenizeConfig, tokenize
+
+    (tmp_path / "orca.jsonl").write_text(
+        json.dumps({"question": "Name a primary colour.", "response": "Blue"}) + "\n"
+    )
+    cooked = tmp_path / "cooked"
+    cook(
+        CookConfig(
+            input=str(tmp_path / "orca.jsonl"),
+            output_dir=str(cooked),
+            format="instructions",
+            loss_on="response",
+        )
+    )
+    tokens = tmp_path / "tokens"
+    tokenize(
+        TokenizeConfig(
+            input=str(cooked / "orca.jsonl"),
+            output_dir=str(tokens),
+            tokenizer=str(mistral_tokenizer_dir),
+            loss_mask=True,
+            progress=False,
+        )
+    )
+    manifest = read_manifest(tokens)
+    reader = ArrayRecordReader(str(tokens / manifest.shards[0].file))
+    ids, mask = decode_record(reader.read([0])[0], manifest.dtype, manifest.has_loss_mask)
+    reader.close()
+    tok = AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
+    trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m], skip_special_tokens=True)
+    untrained = tok.decode([i for i, m in zip(ids, mask, strict=True) if not m], skip_special_tokens=True)
+    assert trained.strip() == "Blue"
+    assert untrained == "Name a primary colour."
