@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data plan": ("ipt.data.plan:main", "tokens drawn per source for a token budget, with epochs"),
     "model info": ("ipt.model.info:main", "parameter count and FLOPs per token of a model config"),
     "convert": ("ipt.model.convert:main", "Hugging Face <-> ipt checkpoints (import | export)"),
+    "train": ("ipt.train.run:main", "train on a device mesh; resumes from the run directory"),
+    "compile": ("ipt.train.aot:main", "compile the train step for a TPU slice (AOT) and print its memory fit"),
 }
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_toy import ToyLM, toy_batch
+from train_toy import toy_batch, toy_model
 
 from ipt.train import optim
 from ipt.train import state as st
@@ -17,12 +17,12 @@ from ipt.train.mesh import LogicalRules, MeshConfig, make_mesh, resolve_axis_siz
 def _setup(axes: dict[str, int], steps: int = 10, devices=None, **kw):
     cfg = MeshConfig(axes=axes)
     rules = LogicalRules(cfg.rules, make_mesh(cfg, devices))
-    parts = st.model_parts(ToyLM)
+    parts = st.model_parts(toy_model)
     tx, schedule = optim.make_optimizer(
         optim.OptimizerConfig(), steps, optim.decay_mask(parts.params, parts.axes, False)
     )
     shardings = st.state_shardings(tx, parts, rules)
-    state = st.init_state(ToyLM, 0, tx, shardings)
+    state = st.init_state(toy_model, 0, tx, shardings)
     return parts, state, sp.make_train_step(parts, tx, schedule, rules, shardings, **kw)
 
 
@@ -85,7 +85,7 @@ def test_schedules_shape():
 
 
 def test_weight_decay_mask_excludes_norms_and_by_option_embeddings():
-    parts = st.model_parts(ToyLM)
+    parts = st.model_parts(toy_model)
     mask = optim.decay_mask(parts.params, parts.axes, decay_embeddings=False)
     assert mask["up"]["kernel"] and mask["down"]["kernel"]
     assert not mask["norm"]["scale"] and not mask["embed"]["embedding"] and not mask["head"]["kernel"]

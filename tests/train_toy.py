@@ -39,6 +39,10 @@ class ToyLM(nnx.Module):
         return self.head(x)
 
 
+def toy_model(seed: int) -> ToyLM:
+    return ToyLM(nnx.Rngs(seed))
+
+
 def toy_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int = VOCAB) -> dict[str, np.ndarray]:
     """A learnable batch: each row counts upward modulo vocab from a random start, some tokens masked."""
     start = rng.integers(0, vocab, size=(batch, 1))

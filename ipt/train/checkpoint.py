@@ -41,6 +41,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, cfg: CheckpointConfig):
         self.directory = Path(directory)
+        self.every = cfg.every
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=cfg.every,
             max_to_keep=cfg.keep,
@@ -49,6 +50,10 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def due(self, step: int) -> bool:
+        """Whether the save interval asks for a checkpoint at `step`."""
+        return step % self.every == 0
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -88,11 +88,12 @@ def decay_mask(params: Any, logical_axes: Any, decay_embeddings: bool) -> Any:
     """True where weight decay applies: matrices, minus those with a `vocab` axis unless asked.
 
     `logical_axes` mirrors `params` (arrays or shape structs) with each leaf's `LogicalAxes`;
-    vectors (norm scales, biases) never decay.
+    vectors (norm scales, biases, also when stacked over `layers`) never decay.
     """
 
     def decays(p: Any, axes: Any) -> bool:
-        return len(p.shape) >= 2 and (decay_embeddings or "vocab" not in axes.names)
+        matrix_dims = [n for n in axes.names if n != "layers"]  # stacked layers add a leading axis
+        return len(matrix_dims) >= 2 and (decay_embeddings or "vocab" not in axes.names)
 
     return jax.tree.map(decays, params, logical_axes)
 

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding
 
 from ipt.train.mesh import LogicalRules
 
-ModelBuilder = Callable[[nnx.Rngs], nnx.Module]
+ModelBuilder = Callable[[int], nnx.Module]  # seed -> model
 TrainState = dict[str, Any]  # {"step": int32 scalar, "params": dict, "opt_state": optax state}
 
 
@@ -45,7 +45,7 @@ class ModelParts:
 
 def _build(build: ModelBuilder, seed: int) -> nnx.Module:
     with nnx.use_eager_sharding(False):
-        return build(nnx.Rngs(seed))
+        return build(seed)
 
 
 def model_parts(build: ModelBuilder) -> ModelParts:

@@ -1,0 +1,193 @@
+"""`ipt train`: build the mesh, model, optimizer and data from a `TrainConfig`, resume, and loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from ipt.config import dump_config, run_stage
+from ipt.train import optim
+from ipt.train import state as st
+from ipt.train.checkpoint import Checkpointer
+from ipt.train.config import TrainConfig
+from ipt.train.mesh import LogicalRules, make_mesh
+from ipt.train.metrics import MetricsWriter, Throughput, total_peak_flops
+from ipt.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+def maybe_initialize_distributed(mode: str) -> None:
+    """Join a multi-process job when asked, or (auto) when a multi-host launcher is detected."""
+    if mode == "off" or jax.distributed.is_initialized():
+        return
+    env = os.environ
+    multi_host = (
+        "JAX_COORDINATOR_ADDRESS" in env
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    )
+    if mode == "on" or multi_host:
+        jax.distributed.initialize()
+
+
+def model_builder(cfg: TrainConfig):
+    from ipt.model import CausalLM
+
+    return lambda seed: CausalLM(cfg.model, nnx.Rngs(params=seed))
+
+
+class Trainer:
+    """Everything derived from a config: mesh, rules, model parts, optimizer, shardings, steps."""
+
+    def __init__(self, cfg: TrainConfig, devices: Sequence[jax.Device] | None = None):
+        self.cfg = cfg
+        self.mesh = make_mesh(cfg.mesh, devices)
+        self.rules = LogicalRules(cfg.mesh.rules, self.mesh)
+        micro = cfg.data.batch_size // cfg.grad_accum
+        if micro % self.rules.batch_shards:
+            raise ValueError(
+                f"the micro-batch (data.batch_size / grad_accum = {micro}) must be a multiple of the "
+                f"{self.rules.batch_shards} ways the mesh splits the batch ({dict(self.mesh.shape)})"
+            )
+        self.build = model_builder(cfg)
+        self.parts = st.model_parts(self.build)
+        mask = optim.decay_mask(self.parts.params, self.parts.axes, cfg.optimizer.decay_embeddings)
+        self.tx, self.schedule = optim.make_optimizer(cfg.optimizer, cfg.steps, mask)
+        self.shardings = st.state_shardings(self.tx, self.parts, self.rules)
+        self.abstract = st.abstract_state(self.tx, self.parts, self.shardings)
+        self.train_step = make_train_step(
+            self.parts,
+            self.tx,
+            self.schedule,
+            self.rules,
+            self.shardings,
+            grad_accum=cfg.grad_accum,
+            z_loss=cfg.z_loss,
+        )
+
+    def initial_params(self) -> dict | None:
+        """Parameters to start from when there is no checkpoint (None: random init)."""
+        init = self.cfg.init
+        if init.source == "scratch":
+            return None
+        if init.source == "model_dir":
+            import orbax.checkpoint as ocp
+
+            from ipt.model.store import PARAMS_DIR, load_model_config_dir
+
+            self._check_same_shapes(load_model_config_dir(init.path), init.path)
+            target = self.abstract["params"]
+            return ocp.StandardCheckpointer().restore(Path(init.path).absolute() / PARAMS_DIR, target)
+        from flax.core.spmd import logical_axis_rules
+
+        from ipt.model.hf import import_params
+
+        with logical_axis_rules([(k, v or None) for k, v in self.rules.table.items()]):
+            params = import_params(init.path, self.cfg.model, self.mesh)
+        return jax.device_put(params, self.shardings["params"])
+
+    def _check_same_shapes(self, other, where: str) -> None:
+        mine = jax.tree.map(lambda a: a.shape, self.parts.params)
+        from ipt.model.store import abstract_params
+
+        theirs = jax.tree.map(lambda a: a.shape, abstract_params(other))
+        if mine != theirs:
+            raise ValueError(f"init.path={where}: its model config does not match `model` (shapes differ)")
+
+    def fresh_state(self) -> dict:
+        return st.init_state(self.build, self.cfg.seed, self.tx, self.shardings, params=self.initial_params())
+
+
+def train(cfg: TrainConfig) -> int:
+    from ipt.data.pipeline import make_batch_iterator, make_eval_iterators
+    from ipt.model.flops import flops_per_token
+    from ipt.train.loop import EXIT_NONFINITE, BatchPrefetcher, Loop, NonFiniteError, fail, write_run_file
+
+    maybe_initialize_distributed(cfg.distributed)
+    run_dir = Path(cfg.run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_file(run_dir / "config.yaml", dump_config(cfg))
+    trainer = Trainer(cfg)
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
+    data_iter = make_batch_iterator(cfg.data)
+    data_state = None
+    if checkpointer.latest_step() is None:
+        state = trainer.fresh_state()
+    else:
+        step, state, data_state = checkpointer.restore(trainer.abstract)
+        if data_state is not None:
+            data_iter.set_state(data_state)
+        log.info("resumed from %s at step %d", checkpointer.directory, step)
+
+    eval_fn = None
+    if cfg.eval_every and cfg.data.eval_sources:
+        eval_fn = make_eval_fn(cfg, trainer, make_eval_iterators)
+    peak, peak_source = total_peak_flops(jax.devices(), cfg.metrics.peak_flops)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    throughput = Throughput(tokens_per_step, flops_per_token(cfg.model, cfg.data.seq_len), peak)
+    start = int(jax.device_get(state["step"]))
+    writer = MetricsWriter(run_dir, cfg.metrics, cfg.steps, start, cfg.model_dump(mode="json"))
+    writer.message(
+        f"ipt train: {sum(p.size for p in jax.tree.leaves(trainer.parts.params)):,} parameters, mesh {dict(trainer.mesh.shape)}, "
+        f"{tokens_per_step:,} tokens/step, steps {start}->{cfg.steps}, peak {peak:.3g} FLOP/s ({peak_source})"
+    )
+    loop = Loop(
+        train_step=trainer.train_step,
+        eval_fn=eval_fn,
+        rest=trainer.parts.rest,
+        batch_sharding=trainer.rules.batch_sharding(),
+        checkpointer=checkpointer,
+        writer=writer,
+        throughput=throughput,
+        total_steps=cfg.steps,
+        log_every=cfg.metrics.log_every,
+        eval_every=cfg.eval_every,
+        nonfinite=cfg.nonfinite,
+        max_skipped_in_a_row=cfg.max_skipped_in_a_row,
+    )
+    batches = BatchPrefetcher(data_iter)
+    try:
+        state, why = loop.run(state, batches, data_state)
+        writer.message(f"ipt train: {why} at step {int(jax.device_get(state['step']))}")
+    except NonFiniteError as e:
+        return fail(str(e), EXIT_NONFINITE)
+    finally:
+        batches.close()
+        checkpointer.close()
+        writer.close()
+    return 0
+
+
+def make_eval_fn(cfg: TrainConfig, trainer: Trainer, make_eval_iterators):
+    """params -> {eval/<source>/loss: mean cross-entropy over the held-out tokens}."""
+    from ipt.train.loop import to_global
+
+    eval_step = make_eval_step(trainer.parts, trainer.rules, trainer.shardings["params"])
+    sharding = trainer.rules.batch_sharding()
+
+    def evaluate(params: dict) -> dict[str, float]:
+        out = {}
+        for name, iterator in make_eval_iterators(cfg.data).items():
+            total_ce = total_count = 0.0
+            for i, batch in enumerate(iterator):
+                if cfg.eval_batches is not None and i >= cfg.eval_batches:
+                    break
+                ce, count = jax.device_get(eval_step(params, to_global(batch, sharding), trainer.parts.rest))
+                total_ce, total_count = total_ce + float(ce), total_count + float(count)
+            out[f"eval/{name}/loss"] = total_ce / max(total_count, 1.0)
+            out[f"eval/{name}/tokens"] = total_count
+        return out
+
+    return evaluate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_stage(TrainConfig, train, list(argv or []), prog="ipt train")
