@@ -94,7 +94,7 @@ def test_same_seed_same_bytes_across_shards_files_and_workers(tmp_path, collecti
     sharded = tmp_path / "sharded"
     for shard in range(2):
         cfg = dict(input=str(parts / "**/*.jsonl*"), output_dir=str(sharded), seed=11, num_shards=2)
-        cook(CookConfig(**cfg, shard_index=shard, num_workers=2 if shard == 0 else 1))
+        cook(CookConfig(**cfg, shard=shard, num_workers=2 if shard == 0 else 1))
         assert (sharded / MANIFEST).exists() == (shard == 1)  # written once every shard is done
     outputs = ["p0.jsonl", "p1.jsonl", "sub/p2.jsonl"]
     assert b"".join((sharded / n).read_bytes() for n in outputs) == reference
@@ -182,9 +182,9 @@ def test_missing_instruction_field_is_named(tmp_path):
         )
 
 
-def test_shard_index_must_be_below_num_shards(capsys):
-    assert main(["input=x", "output_dir=y", "num_shards=2", "shard_index=2"]) == 2
-    assert "shard_index=2 must be < num_shards=2" in capsys.readouterr().err
+def test_shard_must_be_below_num_shards(capsys):
+    assert main(["input=x", "output_dir=y", "num_shards=2", "shard=2"]) == 2
+    assert "shard=2 must be < num_shards=2" in capsys.readouterr().err
 
 
 def test_synthesize_cook_tokenize_end_to_end(tmp_path, corpus_docs, mistral_tokenizer_dir):

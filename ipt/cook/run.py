@@ -61,13 +61,13 @@ class CookConfig(Config):
     )
     skip_bad: bool = Field(False, description="count and skip malformed lines instead of stopping")
     num_shards: int = Field(1, gt=0, description="split the input files among this many runs")
-    shard_index: int = Field(0, ge=0, description="which of the num_shards runs this is")
+    shard: int = Field(0, ge=0, description="this run's index when num_shards runs split the input files")
     num_workers: int = Field(1, gt=0, description="processes, each cooking whole files")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> CookConfig:
-        if self.shard_index >= self.num_shards:
-            raise ValueError(f"shard_index={self.shard_index} must be < num_shards={self.num_shards}")
+        if self.shard >= self.num_shards:
+            raise ValueError(f"shard={self.shard} must be < num_shards={self.num_shards}")
         return self
 
 
@@ -156,7 +156,7 @@ def cook(cfg: CookConfig) -> dict[str, int]:
         raise ValueError(f"inputs map to the same output file(s) {dupes}; rename or cook them separately")
     tasks = []
     for i, (path, name) in enumerate(zip(files, names, strict=True)):
-        if i % cfg.num_shards != cfg.shard_index:
+        if i % cfg.num_shards != cfg.shard:
             continue
         marker = out_dir / MARKER_DIR / name.with_name(name.name + ".done.json")
         fingerprint = _fingerprint(cfg, path)
@@ -195,7 +195,7 @@ def _write_manifest(cfg: CookConfig, files: list[Path], names: list[Path], out_d
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": cfg.model_dump(mode="json", exclude={"shard_index", "num_workers"}),
+        "config": cfg.model_dump(mode="json", exclude={"shard", "num_workers"}),
         "pools_digest": default_pools().digest if cfg.format == "collections" else None,
         "files": entries,
         "stats": dict(sorted(totals.items())),
