@@ -264,3 +264,14 @@ def test_response_only_loss_mask_reaches_the_shards(tmp_path, mistral_tokenizer_
     untrained = tok.decode([i for i, m in zip(ids, mask, strict=True) if not m], skip_special_tokens=True)
     assert trained.strip() == "Blue"
     assert untrained == "Name a primary colour."
+
+
+def test_lone_surrogates_and_empty_raw_texts_do_not_break_the_output(tmp_path):
+    lines = [
+        '[{"context": "broken \\ud800 text", "QA_list": [], "inherit_from_prev": false}]',
+        '[{"context": "  ", "QA_list": [], "inherit_from_prev": false}]',
+    ]
+    (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
+    totals = cook(CookConfig(input=str(tmp_path / "x.jsonl"), output_dir=str(tmp_path / "o")))
+    assert _read_texts(tmp_path / "o/x.jsonl") == ["broken ? text"]
+    assert totals["texts_with_invalid_unicode"] == 1 and totals["empty_texts_skipped"] == 1

@@ -9,8 +9,9 @@ machine. All draws happen in a fixed order, so a collection's text depends only 
 the seed and the pools.
 
 Layout: one uniform draw per collection picks the mode, read against the reference weights
-(classic 80, dialog 5, numbered 5, inline 5, next-turn 5); a segment in which any entry has
-fewer than 2 pairs reads the same draw against classic 95 / dialog 5. Inversion (5 vs 95) is a
+(classic 80, dialog 5, numbered 5, inline 5, next-turn 5); a segment in which any entry that
+keeps pairs has fewer than 2 reads the same draw against classic 95 / dialog 5 (entries left
+with no pairs are written raw and do not count). Inversion (5 vs 95) is a
 separate draw and applies to any mode: the pairs, then an instruction to write the text, then
 the text.
 """
@@ -216,6 +217,9 @@ def cook_collection(entries: list[Entry], seed: int, pools: Pools) -> Cooked:
         for i in segment:
             context, pairs = parsed[i]
             if not pairs:
+                if not context.strip():
+                    stats["empty_texts_skipped"] += 1
+                    continue
                 out.texts.append(context)
                 out.layouts.append("raw")
                 stats["raw_texts"] += 1

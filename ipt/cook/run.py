@@ -118,7 +118,12 @@ def cook_file(cfg: CookConfig, path: Path, out: Path) -> dict[str, int]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for text in _texts(cfg, path, stats):
-                f.write(json.dumps({cfg.text_field: text}, ensure_ascii=False))
+                line = json.dumps({cfg.text_field: text}, ensure_ascii=False)
+                try:
+                    f.write(line)
+                except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not valid UTF-8
+                    f.write(line.encode("utf-8", "replace").decode("utf-8"))
+                    stats["texts_with_invalid_unicode"] += 1
                 f.write("\n")
                 stats["texts"] += 1
         os.chmod(tmp, 0o644)
