@@ -34,7 +34,7 @@ def sources(tmp_path_factory, corpus_docs, mistral_tokenizer_dir) -> dict[str, t
 
 
 def config(sources, names=("manual", "library", "howto"), **kw) -> DataConfig:
-    kw = {"seq_len": 128, "batch_size": 4, "seed": 3, **kw}
+    kw = {"seq_len": 128, "batch_size": 4, "seed": 3, "docs_per_read": 48, **kw}
     return DataConfig(sources=[sources[n][0] for n in names], **kw)
 
 
