@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from ipt.model import hf
 from ipt.model.generate import generate
-from ipt.model.store import load_model, load_model_config_dir, load_params, model_from_params
+from ipt.model.store import load_model, load_model_config_dir, load_params, model_from_params, save_model_dir
 
 SEQ = 24
 CASES = {
@@ -221,3 +222,27 @@ def test_preset_parameter_counts_equal_transformers():
         with torch.device("meta"):
             ref = hf_cls[config.architecture](cfg_cls(**hf.hf_config_dict(config, "float32")))
         assert parameter_count(config) == sum(p.numel() for p in ref.parameters()), name
+
+
+def test_import_places_parameters_on_their_mesh_shardings(tmp_path):
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    hf_model = make_hf_model(
+        "llama", vocab_size=96, hidden_size=32, num_attention_heads=4, num_key_value_heads=4
+    )
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    config = hf.config_from_hf(json.loads((tmp_path / "hf" / "config.json").read_text()), dtype="float32")
+    mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2)
+    rules = [("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor")]
+    rules += [("vocab", "tensor"), ("head_dim", None), ("layers", None)]
+    with nnx.logical_axis_rules(rules):
+        params = hf.import_params(tmp_path / "hf", config, mesh)
+        save_model_dir(tmp_path / "ipt", config, params)
+        restored = load_params(tmp_path / "ipt", config, mesh)
+    for tree in (params, restored):
+        q = tree["layers"]["self_attn"]["q_proj"]["weight"]
+        assert q.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(None, "fsdp", "tensor")), q.ndim)
+    ids = random_ids(96)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        got = ipt_logits(model_from_params(config, restored), ids)
+    assert np.abs(got - hf_logits(hf_model, ids)).max() < 1e-4

@@ -38,7 +38,7 @@ class KVCache(NamedTuple):
 
 def _sharded_param(value: jax.Array, axes: tuple[str, ...]) -> nnx.Param:
     """A Param annotated with logical axes; placed on the mesh at creation when one is set."""
-    on_mesh = not jax.sharding.get_abstract_mesh().empty
+    on_mesh = nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
     return nnx.Param(value, out_sharding=axes, eager_sharding=on_mesh)
 
 
@@ -226,7 +226,8 @@ def create_model(config: ModelConfig, seed: int = 0) -> CausalLM:
 
 def abstract_model(config: ModelConfig) -> CausalLM:
     """The model with `jax.ShapeDtypeStruct` leaves: shapes and metadata, no memory."""
-    return nnx.eval_shape(lambda: create_model(config))
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: create_model(config))
 
 
 def logical_axes(config: ModelConfig) -> nnx.State:
