@@ -230,3 +230,22 @@ def test_every_kept_pair_appears_exactly_once_and_no_marker_survives():
         assert cooked.stats["pairs_out"] == n_kept
     modes = {layout.split("+")[0] for layout in layouts}
     assert modes == {"raw", "classic", "dialog", "numbered", "inline", "next_turn"}
+
+
+def test_one_layout_draw_per_collection_shared_by_its_segments():
+    rng = random.Random(3)
+    pools = default_pools()
+    seen = Counter()
+    for seed in range(400):
+        segments = [_collection(rng, 2, (2, 3)) for _ in range(3)]
+        entries = [e for seg in segments for e in seg]  # each segment starts with inherit_from_prev=False
+        cooked = cook_collection(entries, seed, pools)
+        assert len(cooked.texts) == 3
+        assert len(set(cooked.layouts)) == 1
+        seen[cooked.layouts[0]] += 1
+        short = [*entries, Entry("Short.", (("One question?", "One answer."),), False)]
+        layouts = cook_collection(short, seed, pools).layouts
+        if layouts[0].startswith("classic"):  # the classic share is read first in both tables
+            assert layouts[-1] == layouts[0]
+        assert layouts[-1].split("+")[0] in ("classic", "dialog")
+    assert len(seen) > 3
