@@ -2,8 +2,8 @@
 
 An entry is `{"context": str, "QA_list": [{"Q": str, "A": str}, ...], "inherit_from_prev": bool,
 ...}` (PAPER.md section 3); other keys (`followed_by_next`, ids) are ignored. Errors name the
-file, the line, the entry and the key. The line reader and decompression are the shared ones
-of `ipt.data.readers`, which yields only JSON objects, so list-valued lines are decoded here.
+file, the line, the entry and the key. Lines come from the shared `ipt.data.readers.iter_lines`
+(decompression, UTF-8 policy); list-valued JSON is decoded here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt.cook.render import Entry
-from ipt.data.readers import BadInputError, _decode, _open_text_lines
+from ipt.data.readers import BadInputError, iter_lines
 
 COLLECTION_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json")
 
@@ -68,10 +68,7 @@ def iter_collections(
             f"{path}: read collections are JSON lines; expected {', '.join(COLLECTION_SUFFIXES)}"
         )
     stats = Counter() if stats is None else stats
-    for lineno, raw in enumerate(_open_text_lines(path), start=1):
-        text = _decode(raw, stats).strip()
-        if not text:
-            continue
+    for lineno, text in iter_lines(path, stats):
         where = f"{path}:{lineno}"
         try:
             try:

@@ -80,11 +80,16 @@ def _decode(raw: bytes, stats: Counter) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _iter_jsonl(path: Path, skip_bad: bool, stats: Counter) -> Iterator[Document]:
-    for lineno, raw in enumerate(_open_text_lines(path), start=1):
+def iter_lines(path: str | Path, stats: Counter) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped text) of each non-blank line of a plain/.gz/.zst text file."""
+    for lineno, raw in enumerate(_open_text_lines(Path(path)), start=1):
         text = _decode(raw, stats).strip()
-        if not text:
-            continue
+        if text:
+            yield lineno, text
+
+
+def _iter_jsonl(path: Path, skip_bad: bool, stats: Counter) -> Iterator[Document]:
+    for lineno, text in iter_lines(path, stats):
         try:
             record = json.loads(text)
         except json.JSONDecodeError as e:
