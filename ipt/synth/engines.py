@@ -181,11 +181,16 @@ class VLLMEngine(TokenCounter):
             temperature=sampling.temperature,
             max_tokens=sampling.max_new_tokens,
             seed=sampling.seed if sampling.temperature > 0 else None,
+            detokenize=False,  # decoded below exactly as the hf engine decodes
         )
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
+        eos = self.tokenizer.eos_token_id
+        new = [list(o.outputs[0].token_ids) for o in outs]
+        new = [row[:-1] if row and row[-1] == eos else row for row in new]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [
-            Generation(o.outputs[0].text, len(p), len(o.outputs[0].token_ids), tuple(o.outputs[0].token_ids))
-            for p, o in zip(ids, outs, strict=True)
+            Generation(text, len(p), len(row), tuple(row))
+            for p, row, text in zip(ids, new, texts, strict=True)
         ]
 
     def close(self) -> None:
