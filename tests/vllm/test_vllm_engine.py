@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("vllm")
+# `tests/vllm` itself can import as a namespace package named vllm: require the real one
+if getattr(pytest.importorskip("vllm"), "LLM", None) is None:
+    pytest.skip(
+        "vllm is not installed here; .ci/vllm.sh runs these tests in its own venv", allow_module_level=True
+    )
 
 from ipt.synth import format as wire
 from ipt.synth.engines import HFEngine, Sampling, VLLMEngine
