@@ -25,8 +25,10 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Generation:
+    """One output. `prompt_tokens` is None where the engine does not tokenize the prompt."""
+
     text: str
-    prompt_tokens: int
+    prompt_tokens: int | None
     generated_tokens: int
     token_ids: tuple[int, ...] = ()
 

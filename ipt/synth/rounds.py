@@ -74,7 +74,7 @@ def synthesize_chains(
     for r, indices in enumerate(ranges):
         readings = [wire.reading_part(texts[j]) for j in indices]
         reading_tokens = engine.count_tokens(readings)
-        prompts, with_context = [], []
+        prompts, with_context, prompt_tokens = [], [], []
         for i, (reading, n_read) in enumerate(zip(readings, reading_tokens, strict=True)):
             tail = tails[i]
             use = bool(tail.examples) and tail.tokens + n_read <= budget
@@ -84,6 +84,7 @@ def synthesize_chains(
                 stats["chains_broken_by_length"] += 1
             prompts.append("".join(tail.examples) + reading if use else reading)
             with_context.append(use)
+            prompt_tokens.append(tail.tokens + n_read if use else n_read)  # exact: pieces split at <s>
         generations = engine.generate(prompts, sampling)
         new_examples = []
         round_pairs = 0
@@ -99,7 +100,7 @@ def synthesize_chains(
             stats["parse_failures"] += parsed.malformed
             stats["duplicate_questions"] += parsed.duplicates
             stats["truncated_generations"] += parsed.truncated
-            stats["prompt_tokens"] += gen.prompt_tokens
+            stats["prompt_tokens"] += prompt_tokens[i]
             stats["generated_tokens"] += gen.generated_tokens
             stats["inherited_entries"] += entry.inherit_from_prev
             round_pairs += len(parsed.pairs)
@@ -119,7 +120,7 @@ def synthesize_chains(
             on_round(
                 len(indices),
                 round_pairs,
-                sum(g.prompt_tokens for g in generations),
+                sum(prompt_tokens),
                 sum(g.generated_tokens for g in generations),
             )
     return chains

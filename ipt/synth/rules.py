@@ -51,6 +51,7 @@ STOPWORDS = frozenset(
     given takes take need needs called useful""".split()  # noqa: SIM905
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z\"'(])")
+_PROSE = re.compile(r"[^\W\d_]|\s")  # letters and spaces
 _WORD = re.compile(r"(?<![\w.])[A-Za-z][a-z\-]{3,}(?![\w(])")
 _DEFINITION = re.compile(r"^((?:[A-Z][\w.\-]*|[\w.\-]+)(?: [\w.\-]+){0,4}) (is|are) (an?|the) \w")
 
@@ -64,7 +65,7 @@ def sentences(text: str) -> list[str]:
         words = s.split()
         if not 6 <= len(words) <= 60 or s.endswith(":") or ">>>" in s or s[-1] not in ".!?":
             continue
-        if sum(c.isalpha() or c.isspace() for c in s) < 0.85 * len(s):
+        if len(_PROSE.findall(s)) < 0.85 * len(s):
             continue
         if s.count("(") != s.count(")") or s.count('"') % 2:  # a fragment of a larger aside
             continue
@@ -235,9 +236,7 @@ class RulesEngine(TokenCounter):
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
         texts = [wire.format_pairs(mine(wire.last_reading_text(p), self.max_pairs)) for p in prompts]
-        ids = self.encode([*prompts, *texts])
-        n = len(prompts)
-        return [Generation(t, len(ids[i]), len(ids[n + i])) for i, t in enumerate(texts)]
+        return [Generation(t, None, n) for t, n in zip(texts, self.count_tokens(texts), strict=True)]
 
     def close(self) -> None:
         pass
