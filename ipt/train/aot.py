@@ -10,6 +10,7 @@ instead of after a queued-resource wait.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -30,10 +31,10 @@ CHIPS: dict[str, tuple[float, bool]] = {
     "v5e": (16 * GIB, False),
     "v6e": (32 * GIB, False),
 }
-# chips -> physical shape: 3D tori for v4/v5p, 2D for v5e/v6e
-SHAPES_3D = {1: "1x1x1", 2: "1x2x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
+# chips -> physical shape: 3D tori for v4/v5p, 2D for v5e/v6e (from one full host of 4 chips up)
+SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4",
              128: "4x4x8", 256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}  # fmt: skip
-SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+SHAPES_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
 def topology_name(slice_name: str) -> tuple[str, str]:
@@ -103,6 +104,9 @@ def compile_for_slice(cfg: TrainConfig) -> FitReport:
     if not cfg.compile.topology:
         raise ValueError("set compile.topology, e.g. compile.topology=v5p-8")
     kind, name = topology_name(cfg.compile.topology)
+    # Describing a topology opens no chips, so it may run beside another libtpu user (a training
+    # job on this TPU VM, or a second compile); libtpu's lockfile would refuse that by default.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         topo = topologies.get_topology_desc(
             platform="tpu", topology_name=name, num_slices=cfg.compile.num_slices
@@ -156,6 +160,11 @@ def run_compile(cfg: TrainConfig) -> int:
                   file=sys.stderr)  # fmt: skip
             return 1
         raise
+    return verdict(cfg, report)
+
+
+def verdict(cfg: TrainConfig, report: FitReport) -> int:
+    """Print the memory table; 0 if it fits within `compile.hbm_margin` of HBM, else 1 with advice."""
     m = cfg.model
     print(
         f"ipt compile: train step of a {m.num_hidden_layers}-layer d={m.hidden_size} model, "
