@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from pydantic import Field
 
 from ipt.config import Config
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 class CheckpointConfig(Config):
     """When to save and what to keep."""
 
+    directory: str | None = Field(
+        None, description="where checkpoints go (a gs:// bucket on TPU pods); default <run_dir>/checkpoints"
+    )
     every: int = Field(1000, gt=0, description="save every N steps (and at the end, and on preemption)")
     keep: int | None = Field(3, gt=0, description="keep the N most recent checkpoints; null = all")
     keep_every: int | None = Field(
@@ -37,10 +41,10 @@ class CheckpointConfig(Config):
 
 
 class Checkpointer:
-    """A `CheckpointManager` over `<run_dir>/checkpoints` with items `state` and `data`."""
+    """A `CheckpointManager` over a local or `gs://` directory with items `state` and `data`."""
 
     def __init__(self, directory: str | Path, cfg: CheckpointConfig):
-        self.directory = Path(directory)
+        self.directory = epath.Path(directory)
         self.every = cfg.every
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=cfg.every,

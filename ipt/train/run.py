@@ -27,6 +27,11 @@ def maybe_initialize_distributed(mode: str) -> None:
     if mode == "off" or jax.distributed.is_initialized():
         return
     env = os.environ
+    if mode == "on" and "JAX_NUM_PROCESSES" in env:  # set by launch/gpu.py on each node
+        jax.distributed.initialize(
+            num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"])
+        )
+        return
     multi_host = (
         "JAX_COORDINATOR_ADDRESS" in env
         or "," in env.get("TPU_WORKER_HOSTNAMES", "")
@@ -115,7 +120,7 @@ def train(cfg: TrainConfig) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_file(run_dir / "config.yaml", dump_config(cfg))
     trainer = Trainer(cfg)
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
+    checkpointer = Checkpointer(cfg.checkpoint.directory or run_dir / "checkpoints", cfg.checkpoint)
     data_iter = make_batch_iterator(cfg.data)
     data_state = None
     if checkpointer.latest_step() is None:
