@@ -135,7 +135,6 @@ def test_loss_mask_from_segments(tmp_path, mistral_tokenizer_dir):
         assert mask[-1] == segments[-1]["train"], "eos is trained iff the last segment is"
     ids, mask = docs[0]
     assert tok.decode(ids[mask == 1][:-1].tolist()).strip() == "four."
-    assert docs[3][1][1:-1].tolist().count(1) >= 1
 
 
 def test_segments_need_loss_mask_flag(tmp_path, mistral_tokenizer_dir):
