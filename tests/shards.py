@@ -27,11 +27,12 @@ from ipt.data.records import (
 from ipt.data.tokenizer import vocab_hash
 
 
-def tokenize(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[np.ndarray]:
-    """Token ids per text with bos (if the tokenizer has one) and eos appended."""
+def tokenize(tok: PreTrainedTokenizerBase, texts: Sequence[str], *, add_eos: bool = True) -> list[np.ndarray]:
+    """Token ids per text with bos (if the tokenizer has one) and, with `add_eos`, eos appended."""
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    eos = [tok.eos_token_id] if add_eos else []
     encoded = tok(list(texts), add_special_tokens=False)["input_ids"]
-    return [np.array([*bos, *ids, tok.eos_token_id], dtype=np.int64) for ids in encoded]
+    return [np.array([*bos, *ids, *eos], dtype=np.int64) for ids in encoded]
 
 
 def write_shards(
@@ -42,6 +43,7 @@ def write_shards(
     masks: Sequence[np.ndarray] | None = None,
     docs_per_shard: int = 200,
     tokenizer_name: str = "test",
+    add_eos: bool = True,
 ) -> Manifest:
     """Write `docs` (token id arrays from `tokenize`) as a shard directory; return its manifest."""
     directory = Path(directory)
@@ -67,7 +69,7 @@ def write_shards(
             eos_id=tok.eos_token_id,
         ),
         add_bos=tok.bos_token_id is not None,
-        add_eos=True,
+        add_eos=add_eos,
         dtype=dtype.name,
         has_loss_mask=masks is not None,
         shards=shards,
@@ -85,6 +87,7 @@ def write_corpus_source(
     *,
     with_masks: bool = False,
     docs_per_shard: int = 200,
+    add_eos: bool = True,
 ) -> list[np.ndarray]:
     """Tokenize `texts` with the tokenizer in `tokenizer_dir` into a shard directory.
 
@@ -92,11 +95,17 @@ def write_corpus_source(
     prompt) and 1 after. Returns the documents' token ids in record order.
     """
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    docs = tokenize(tok, texts)
+    docs = tokenize(tok, texts, add_eos=add_eos)
     masks = None
     if with_masks:
         masks = [(np.arange(len(d)) >= len(d) // 3).astype(np.uint8) for d in docs]
     write_shards(
-        directory, tok, docs, masks=masks, docs_per_shard=docs_per_shard, tokenizer_name=str(tokenizer_dir)
+        directory,
+        tok,
+        docs,
+        masks=masks,
+        docs_per_shard=docs_per_shard,
+        tokenizer_name=str(tokenizer_dir),
+        add_eos=add_eos,
     )
     return docs

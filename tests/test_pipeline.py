@@ -254,6 +254,26 @@ def test_sources_from_different_tokenizers_are_refused(sources, tmp_path, bpe_to
         make_batch_iterator(cfg, process_index=0, process_count=1)
 
 
+def test_concat_separates_documents_written_without_eos(tmp_path, mistral_tokenizer_dir, corpus_docs):
+    texts = [d["text"] for d in corpus_docs[:30]]
+    docs = write_corpus_source(tmp_path / "no-eos", mistral_tokenizer_dir, texts, add_eos=False)
+    src = SourceConfig(name="no-eos", path=str(tmp_path / "no-eos"))
+    cfg = DataConfig(sources=[src], seq_len=64, batch_size=2, num_epochs=1, docs_per_read=8)
+    stream = concat_stream(take(cfg))
+    seen = split_docs(stream[stream > 0], bos=1)
+    assert sorted(seen) == sorted((*d.tolist(), 2) for d in docs)  # 2 = Mistral's eos
+
+
+def test_shards_that_disagree_with_their_manifest_are_refused(tmp_path, mistral_tokenizer_dir, corpus_docs):
+    texts = [d["text"] for d in corpus_docs[:30]]
+    write_corpus_source(tmp_path / "a", mistral_tokenizer_dir, texts[:10], docs_per_shard=5)
+    write_corpus_source(tmp_path / "b", mistral_tokenizer_dir, texts[10:], docs_per_shard=20)
+    (tmp_path / "b" / "shard-00000.array_record").replace(tmp_path / "a" / "shard-00000.array_record")
+    cfg = DataConfig(sources=[SourceConfig(name="a", path=str(tmp_path / "a"))], seq_len=64, batch_size=2)
+    with pytest.raises(ValueError, match=r"source 'a' .* hold 25 records but manifest.json says 10"):
+        make_batch_iterator(cfg, process_index=0, process_count=1)
+
+
 def test_config_errors_name_the_key(sources, tmp_path):
     path = tmp_path / "data.yaml"
     path.write_text("sources: [{name: a, path: /x}]\npacking: stack\n")
