@@ -10,8 +10,10 @@
     <vllm venv>/bin/python benchmarks/synth_throughput.py vllm-vs-hf [--repeats 3] [--prompts 32]
         Run with the venv built by .ci/vllm.sh. The same tiny random Mistral (ipt.synth.tiny, f32)
         and the same reading-part prompts, greedy, `--new-tokens` each: VLLMEngine (one generate
-        call, continuous batching) against HFEngine (all prompts in one left-padded batch). Wall
-        time, engine start-up excluded. Last line: vllm / hf generated tokens per second.
+        call, continuous batching) against HFEngine (all prompts in one left-padded batch). Both
+        compute on one thread (vLLM's CPU worker takes one core and sets one torch thread; the
+        hf engine is set to one thread too, as two threads on a shared 2-core machine measured
+        5-8x slower). Wall time, engine start-up excluded. Last line: vllm / hf generated tokens/s.
 
 Trials alternate candidate and baseline after a warm-up; medians are reported.
 """
@@ -84,8 +86,12 @@ def bench_rules(args: argparse.Namespace) -> None:
 
 
 def bench_vllm_vs_hf(args: argparse.Namespace) -> None:
+    import torch
+
     from ipt.synth.engines import HFEngine, VLLMEngine
     from ipt.synth.tiny import build_tiny_mistral
+
+    torch.set_num_threads(1)
 
     os.environ.setdefault("IPT_CACHE", tempfile.mkdtemp(prefix="ipt-cache-"))
     model = str(build_tiny_mistral(Path(tempfile.mkdtemp(prefix="tiny-")) / "mistral"))
@@ -112,7 +118,7 @@ def bench_vllm_vs_hf(args: argparse.Namespace) -> None:
     med_a, med_b = statistics.median(x[0] for x in a), statistics.median(x[0] for x in b)
     gen_a, gen_b = a[0][1], b[0][1]
     print(
-        f"model: tiny random Mistral (2 layers, d 128, head_dim 64, vocab 32000), f32, CPU, torch threads {os.cpu_count()}"
+        "model: tiny random Mistral (2 layers, d 128, head_dim 64, vocab 32000), f32, CPU, one compute thread each"
     )
     print(
         f"prompts: {len(prompts)} reading parts, {a[0][2]} prompt tokens in all, {args.new_tokens} new tokens each, greedy"

@@ -51,25 +51,29 @@ STOPWORDS = frozenset(
     given takes take need needs called useful""".split()  # noqa: SIM905
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z\"'(])")
+_PRONOUNS = frozenset({"It", "This", "That", "They", "These", "Those", "He", "She", "Its", "Their"})
+_LIST_ITEM = re.compile(r"\s[*\-•]\s|\s#\.(?:\s|$)")  # bullets glued into the flattened text
+_MARKUP = re.compile(r"[#*|`<>{}\[\]=]|>>>")
 _PROSE = re.compile(r"[^\W\d_]|\s")  # letters and spaces
 _WORD = re.compile(r"(?<![\w.])[A-Za-z][a-z\-]{3,}(?![\w(])")
 _DEFINITION = re.compile(r"^((?:[A-Z][\w.\-]*|[\w.\-]+)(?: [\w.\-]+){0,4}) (is|are) (an?|the) \w")
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences of `text` fit to quote: prose, 6 to 60 words, not leading into code."""
+    """Sentences of `text` fit to quote: prose, 6 to 60 words, not leading into code or lists."""
     flat = " ".join(text.split())
     out = []
-    for s in _SENTENCE_END.split(flat):
-        s = s.strip()
-        words = s.split()
-        if not 6 <= len(words) <= 60 or s.endswith(":") or ">>>" in s or s[-1] not in ".!?":
-            continue
-        if len(_PROSE.findall(s)) < 0.85 * len(s):
-            continue
-        if s.count("(") != s.count(")") or s.count('"') % 2:  # a fragment of a larger aside
-            continue
-        out.append(s)
+    for block in _LIST_ITEM.split(flat):
+        for s in _SENTENCE_END.split(block):
+            s = s.strip()
+            words = s.split()
+            if not 6 <= len(words) <= 60 or s[-1] not in ".!?" or _MARKUP.search(s):
+                continue
+            if len(_PROSE.findall(s)) < 0.85 * len(s):
+                continue
+            if s.count("(") != s.count(")") or s.count('"') % 2:  # a fragment of a larger aside
+                continue
+            out.append(s)
     return out
 
 
@@ -97,7 +101,8 @@ def _strip_connective(sentence: str, connectives: Sequence[str]) -> str | None:
 
 
 def _summary(sents: list[str], text: str, rng: random.Random) -> list[tuple[str, str]]:
-    return [("In one sentence, what is this text about?", sents[0])] if sents else []
+    lead = [s for s in sents if s.split()[0] not in _PRONOUNS]  # "It does ..." cannot stand alone
+    return [("In one sentence, what is this text about?", lead[0])] if lead else []
 
 
 def _keywords(sents: list[str], text: str, rng: random.Random) -> list[tuple[str, str]]:
@@ -140,9 +145,10 @@ def _conclusion(sents: list[str], text: str, rng: random.Random) -> list[tuple[s
     for prev, s in itertools.pairwise(sents):
         rest = _strip_connective(s, RESULT)
         if rest:
+            premise = _strip_connective(prev, (*RESULT, *CONTRAST, *EXAMPLE, *ADDITION)) or prev
             q, a = wire.chain_of_thought(
-                f'The text states: "{prev}" What does the text conclude from this?',
-                f"The text first says that {prev[0].lower() + prev[1:]} It draws a conclusion from that.",
+                f'The text states: "{premise}" What does the text conclude from this?',
+                f"The text first says that {premise[0].lower() + premise[1:]} It draws a conclusion from that.",
                 rest,
             )
             return [(q, a)]

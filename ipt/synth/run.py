@@ -177,7 +177,12 @@ def prepare_texts(cfg: SynthesizeConfig, docs: list[Document], engine: Engine, s
             stats["long_texts_skipped"] += 1
         else:
             stats["long_texts_truncated"] += 1
-            kept.append(engine.truncate(text, cfg.budget - overhead))
+            limit = cfg.budget - overhead
+            cut = engine.truncate(text, limit)
+            while engine.count_tokens([wire.reading_part(cut)])[0] > cfg.budget:  # merges at the edges
+                limit -= 1
+                cut = engine.truncate(text, limit)
+            kept.append(cut)
     return kept
 
 
