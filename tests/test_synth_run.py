@@ -180,3 +180,17 @@ def test_killed_and_restarted_equals_an_uninterrupted_run(tmp_path, corpus_file,
     assert {p.name: p.read_bytes() for p in out.glob("chunk-*") if ".tmp-" not in p.name} == {
         p.name: p.read_bytes() for p in ref.glob("chunk-*")
     }
+
+
+def test_synthesis_with_the_rules_engine_never_imports_jax_or_vllm(tmp_path, corpus_docs):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(d) + "\n" for d in corpus_docs[:20]))
+    code = (
+        "import sys\n"
+        "from ipt.synth.run import main\n"
+        f"assert main(['input={inp}', 'output_dir={tmp_path / 'out'}', 'engine=rules', 'progress=false']) == 0\n"
+        "print(sorted(m for m in ('jax', 'flax', 'vllm') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
