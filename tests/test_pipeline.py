@@ -222,6 +222,21 @@ def test_loss_mask_follows_the_record_mask(sources):
     assert checked == len(docs)
 
 
+def test_concat_loss_mask_follows_the_record_mask(sources):
+    _, docs = sources["library"]
+    masks = {tuple(d.tolist()): (np.arange(len(d)) >= len(d) // 3) for d in docs}
+    batches = take(config(sources, names=("library",), packing="concat", num_epochs=1))
+    stream = concat_stream(batches)
+    n_tokens = sum(len(d) for d in docs)
+    mask_stream = np.concatenate([masks[d] for d in split_docs(stream[:n_tokens], bos=1)])
+    rows = [(b, r) for b in batches for r in range(len(b["inputs"])) if b["segment_ids"][r, 0]]
+    for i, (b, r) in enumerate(rows):  # row i holds stream[i * 129 : (i + 1) * 129]
+        want = mask_stream[i * 129 + 1 : (i + 1) * 129]
+        got = b["loss_mask"][r]
+        np.testing.assert_array_equal(got[: len(want)], want)
+        assert not got[len(want) :].any()
+
+
 def test_hosts_read_disjoint_shares_of_the_data(sources):
     _, docs = sources["manual"]
     cfg = config(sources, names=("manual",), packing="concat", num_epochs=1, batch_size=4)

@@ -2,7 +2,8 @@
 
 Per source: ArrayRecord documents, this host's slice, a global shuffle reseeded every epoch,
 repeat. The sources are interleaved by grain's deterministic weighted mix (token weights turned
-into document weights), packed into rows of `seq_len + 1` tokens and batched. The result is a
+into document weights), fetched in blocks of `docs_per_read` documents (batched reads), packed
+into rows of `seq_len + 1` tokens and batched. The result is a
 grain `DatasetIterator` whose `get_state()` is a small JSON-able dict: saving it with the model
 checkpoint and calling `set_state()` on a fresh iterator resumes exactly where training stopped.
 """
@@ -85,8 +86,11 @@ def make_batch_iterator(
 def make_eval_iterators(
     cfg: DataConfig, *, process_index: int | None = None, process_count: int | None = None
 ) -> dict[str, grain.DatasetIterator]:
-    """One finite pass over each eval source, in record order; the last batch is padded rows."""
-    one_pass = cfg.model_copy(update={"shuffle": False, "num_epochs": 1})
+    """One finite pass over each eval source, in record order; the last batch is padded rows.
+
+    Eval sets are small and often read only in part, so they run without worker processes.
+    """
+    one_pass = cfg.model_copy(update={"shuffle": False, "num_epochs": 1, "worker_count": 0})
     return {
         src.name: make_dataset(
             one_pass, [src], process_index=process_index, process_count=process_count
@@ -190,7 +194,8 @@ class _JsonStateIterDataset(grain.IterDataset):
 
     grain's ConcatThenSplit packer compares its saved slices with a tuple sentinel, so after a
     JSON round trip (tuples become lists, as in Orbax's grain checkpoint handler) it would take
-    an empty remainder for a real one and skip a document. Restoring the tuples fixes that.
+    "no remainder" for an empty remainder and silently skip a block of documents. Restoring the
+    tuples fixes that.
     """
 
     def __iter__(self) -> grain.DatasetIterator:
