@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from ipt.data.records import (
 from ipt.data.shard_writer import Segments, ShardTask
 
 STATE_DIR = ".ipt-tokenize"
+TEMP_SHARD = re.compile(r"\.shard-(\d+)-\d+\.array_record\.\d+\.tmp")
 RUN_FILE = "run.json"
 STAT_KEYS = ("empty_docs", "bad_lines", "bad_records", "non_utf8_lines")
 SKIP_HINT = "; pass skip_bad=true to count and skip such records"
@@ -199,9 +201,10 @@ class _Run:
             atomic_write_text(path, json.dumps(run, indent=2) + "\n")
 
     def remove_stale_temps(self, mine: set[int]) -> None:
+        """Delete temp shards a killed run left behind (only for this host's input files)."""
         for entry in os.scandir(self.out):
-            name = entry.name
-            if name.startswith(".shard-") and name.endswith(".tmp") and int(name.split("-")[1]) in mine:
+            temp = TEMP_SHARD.fullmatch(entry.name)
+            if temp and int(temp.group(1)) in mine:
                 Path(entry.path).unlink(missing_ok=True)
 
     def file_record_path(self, file_index: int) -> Path:
