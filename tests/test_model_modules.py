@@ -24,8 +24,13 @@ TINY = dict(
 )
 
 
+@nnx.jit
+def forward(model, ids, positions, segments):
+    return model(ids, positions, segments)
+
+
 def run(model, ids, positions, segments):
-    return np.asarray(model(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments)))
+    return np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments)))
 
 
 def test_packed_row_equals_each_document_alone():
@@ -38,13 +43,15 @@ def test_packed_row_equals_each_document_alone():
     positions = np.concatenate([np.arange(n) for n in lengths] + [np.zeros(pad, int)])[None].astype(np.int32)
     segments = np.concatenate([np.full(n, k + 1) for k, n in enumerate(lengths)] + [np.zeros(pad, int)])
     packed = run(model, ids, positions, segments[None].astype(np.int32))
+    # each document alone, one per row; right padding cannot reach earlier tokens (causal)
+    alone_ids = np.zeros((len(docs), max(lengths)), np.int32)
+    for row, doc in enumerate(docs):
+        alone_ids[row, : len(doc)] = doc
+    alone_pos = np.tile(np.arange(max(lengths), dtype=np.int32), (len(docs), 1))
+    alone = run(model, alone_ids, alone_pos, np.ones_like(alone_ids))
     start = 0
-    for doc in docs:
-        n = len(doc)
-        alone = run(
-            model, doc[None].astype(np.int32), np.arange(n)[None].astype(np.int32), np.ones((1, n), np.int32)
-        )
-        np.testing.assert_allclose(packed[0, start : start + n], alone[0], atol=1e-5)
+    for row, n in enumerate(lengths):
+        np.testing.assert_allclose(packed[0, start : start + n], alone[row, :n], atol=1e-5)
         start += n
     assert np.isfinite(packed).all(), "padding rows must stay finite"
 
@@ -105,7 +112,7 @@ def test_remat_changes_memory_not_numbers(remat):
         def loss(m):
             return jnp.mean(m(ids, pos, seg) ** 2)
 
-        return jax.tree.leaves(nnx.grad(loss)(model))
+        return jax.tree.leaves(nnx.jit(nnx.grad(loss))(model))
 
     for a, b in zip(grads(ModelConfig(**TINY)), grads(ModelConfig(**TINY, remat=remat)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -143,3 +150,24 @@ def test_presets_have_documented_sizes():
     counts = {name: parameter_count(load_model_config(name)) for name in ("ipt-500m", "ipt-1.3b")}
     assert abs(counts["ipt-500m"] / 500e6 - 1) < 0.05
     assert abs(counts["ipt-1.3b"] / 1.3e9 - 1) < 0.05
+
+
+def test_splash_model_matches_xla_and_lowers_for_tpu():
+    """Model level: splash (interpreted on CPU) equals xla, and the program lowers for TPU with
+    the Mosaic kernels in it (forward and backward). The TPU compile itself is the trainer's AOT check."""
+    config = ModelConfig(**{**TINY, "hidden_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1})
+    splash = ModelConfig(**{**config.model_dump(), "attention": "splash"})
+    ids = np.random.default_rng(2).integers(0, 97, size=(1, 128)).astype(np.int32)
+    pos = np.arange(128, dtype=np.int32)[None]
+    seg = np.repeat([1, 2], 64)[None].astype(np.int32)
+    ref = run(create_model(config, seed=1), ids, pos, seg)
+    model = create_model(splash, seed=1)
+    np.testing.assert_allclose(run(model, ids, pos, seg), ref, atol=1e-4)
+
+    graphdef, params = nnx.split(model)
+
+    def loss(p):
+        return jnp.mean(nnx.merge(graphdef, p)(ids, pos, seg) ** 2)
+
+    lowered = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("tpu",))
+    assert lowered.as_text().count("tpu_custom_call") >= 3

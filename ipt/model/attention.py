@@ -110,19 +110,28 @@ def splash_attention(
     v: jax.Array,
     segment_ids: jax.Array,
     sliding_window: int | None,
-    interpret: bool = False,
+    interpret: bool | None = None,
 ) -> jax.Array:
-    """Pallas splash attention (TPU); `interpret=True` runs the same kernel on CPU, slowly."""
+    """Pallas splash attention, a TPU kernel; the sequence length must be a multiple of 128.
+
+    By default the kernel is compiled for TPU and, when lowering for CPU, run by the Pallas
+    interpreter (slowly; for tests); `interpret` forces one or the other."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
 
     _, s, h, d = q.shape
-    run = _splash_kernel(h, s, sliding_window, interpret)
     heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, s, h, d] -> [b, h, s, d]
     q = heads_first(q * jnp.asarray(d**-0.5, q.dtype))
+    k, v = heads_first(k), heads_first(v)
     segments = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
-    out = jax.vmap(lambda q1, k1, v1, seg: run(q1, k1, v1, segment_ids=seg))(
-        q, heads_first(k), heads_first(v), segments
-    )
+
+    def run(interpreted: bool) -> jax.Array:
+        call = _splash_kernel(h, s, sliding_window, interpreted)
+        return jax.vmap(lambda q1, k1, v1, seg: call(q1, k1, v1, segment_ids=seg))(q, k, v, segments)
+
+    if interpret is None:
+        out = jax.lax.platform_dependent(tpu=lambda: run(False), cpu=lambda: run(True))
+    else:
+        out = run(interpret)
     return jnp.swapaxes(out, 1, 2)
 
 

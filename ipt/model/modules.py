@@ -89,12 +89,8 @@ class Projection(nnx.Module):
 
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        e, h, kv, d = (
-            config.hidden_size,
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            config.head_dim,
-        )
+        e, h, d = config.hidden_size, config.num_attention_heads, config.head_dim
+        kv = config.num_key_value_heads
         self.config = config
         self.q_proj = Projection(config, rngs, (e, h, d), ("embed", "heads", "head_dim"))
         self.k_proj = Projection(config, rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"))
@@ -115,19 +111,17 @@ class Attention(nnx.Module):
         k = apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
         if cache is None:
-            out, new_kv = (
-                attend(self.config.attention, q, k, v, segment_ids, self.config.sliding_window),
-                None,
-            )
-        else:
-            keys, values, slot_segments, start = cache
-            keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), start, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), start, axis=1)
-            q_index = start + jnp.arange(q.shape[1])
-            k_index = jnp.arange(keys.shape[1])
-            mask = attention_mask(q_index, segment_ids, k_index, slot_segments, self.config.sliding_window)
-            out, new_kv = xla_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask), (keys, values)
-        return self.o_proj(out, contract=2), new_kv
+            out = attend(self.config.attention, q, k, v, segment_ids, self.config.sliding_window)
+            return self.o_proj(out, contract=2), None
+        keys, values, slot_segments, start = cache
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), start, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), start, axis=1)
+        q_index = start + jnp.arange(q.shape[1])
+        mask = attention_mask(
+            q_index, segment_ids, jnp.arange(keys.shape[1]), slot_segments, self.config.sliding_window
+        )
+        out = xla_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+        return self.o_proj(out, contract=2), (keys, values)
 
 
 class MLP(nnx.Module):
