@@ -90,12 +90,11 @@ class Trainer:
             self._check_same_shapes(load_model_config_dir(init.path), init.path)
             target = self.abstract["params"]
             return ocp.StandardCheckpointer().restore(Path(init.path).absolute() / PARAMS_DIR, target)
-        from flax.core.spmd import logical_axis_rules
-
         from ipt.model.hf import import_params
 
-        with logical_axis_rules([(k, v or None) for k, v in self.rules.table.items()]):
-            params = import_params(init.path, self.cfg.model, self.mesh)
+        # Read onto one device, then reshard with this run's rules (which replicate what a mesh
+        # axis does not divide; ipt.model.hf's own placement would reject such a parameter).
+        params = import_params(init.path, self.cfg.model)
         return jax.device_put(params, self.shardings["params"])
 
     def _check_same_shapes(self, other, where: str) -> None:
