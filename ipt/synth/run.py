@@ -30,6 +30,7 @@ from ipt.synth.engines import Engine, Sampling
 from ipt.synth.rounds import synthesize_chains
 
 SETTINGS_FILE = "synth.json"
+OUTPUT_FORMAT = "ipt-read-collections/1"  # a JSON list of {context, QA_list, ...} per line
 NOT_OUTPUT_DECIDING = {"shard", "num_shards", "progress", "gpu_memory_utilization"}
 
 
@@ -128,6 +129,7 @@ def _check_settings(cfg: SynthesizeConfig, files: list[Path], out: Path) -> None
     """Refuse to mix outputs of different settings or inputs in one directory."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_OUTPUT_DECIDING}
     settings["input"] = [{"path": str(f), "bytes": f.stat().st_size} for f in files]
+    settings["format"] = OUTPUT_FORMAT
     path = out / SETTINGS_FILE
     if path.exists():
         before = json.loads(path.read_text(encoding="utf-8"))
