@@ -258,3 +258,19 @@ def test_cli_help_lists_keys_and_errors_exit_nonzero(tmp_path, capsys, mistral_t
     assert "matches no file" in capsys.readouterr().err
     assert main(["inptu=a.jsonl"]) == 2
     assert "did you mean `input`" in capsys.readouterr().err
+
+
+def test_txt_files_are_whole_documents_whatever_the_text_field(tmp_path, mistral_tokenizer_dir):
+    (tmp_path / "a.txt").write_text("First line.\nSecond line.\n")
+    src = write_jsonl(tmp_path / "b.jsonl", [{"content": "from jsonl"}])
+    out = run(tmp_path, mistral_tokenizer_dir, [str(tmp_path / "a.txt"), str(src)], text_field="content")
+    manifest, docs = read_shard_dir(out)
+    tok = AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
+    assert [tok.decode(ids[1:-1].tolist()) for ids, _ in docs] == [
+        "First line.\nSecond line.\n",
+        "from jsonl",
+    ]
+    assert [s["file"] for s in manifest["shards"]] == [
+        "shard-00000-00000.array_record",
+        "shard-00001-00000.array_record",
+    ]
