@@ -266,6 +266,12 @@ def main() -> None:
             f"{tokens / med:.0f} tokens/s, "
             f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak"
         )
+    best = {name: min(t) for name, t in times.items()}
+    print(
+        "fastest trial (least disturbed by other load): "
+        + ", ".join(f"{n} {t:.2f} s" for n, t in best.items())
+    )
+    print(f"ipt / bare tokens/s, fastest trials: {best['bare'] / best['ipt']:.3f}")
     if "torch" in medians:
         print(f"ipt / torch tokens/s: {medians['torch'] / medians['ipt']:.3f}")
     print(f"ipt / bare tokens/s: {medians['bare'] / medians['ipt']:.3f}")

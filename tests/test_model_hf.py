@@ -12,6 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
+from ipt.config import ConfigError
 from ipt.model import hf
 from ipt.model.generate import generate
 from ipt.model.store import load_model, load_model_config_dir, load_params, model_from_params, save_model_dir
@@ -278,3 +279,15 @@ def test_bfloat16_compute_stays_close_to_float32(tmp_path):
         assert got.dtype == np.float32
         assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
         assert generate(model_from_params(config, params), [[1, 2, 3]], 4, eos_ids=())[0] != []
+
+
+def test_import_reports_shape_mismatch_with_config(tmp_path):
+    src = tmp_path / "hf"
+    make_hf_model("llama").save_pretrained(src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "intermediate_size": 64}))
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight has shape \(72, 40\)"):
+        hf.import_hf(src, tmp_path / "ipt")
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ConfigError, match="model_type"):
+        hf.import_hf(src, tmp_path / "ipt")

@@ -178,25 +178,23 @@ def import_params(hf_dir: str | Path, config: ModelConfig, mesh: jax.sharding.Me
     where = _tensor_files(hf_dir)
     target = abstract_params(config, mesh)
     params: dict = {}
-    for path, pattern, to_ipt, _ in _rules(config):
+    for path, pattern, to_ipt, to_hf in _rules(config):
         spec = _get(target, path)
         stacked = path[0] == "layers"
+        expected = spec.shape[1:] if stacked else spec.shape
+        hf_shape = tuple(jax.eval_shape(to_hf, jax.ShapeDtypeStruct(expected, spec.dtype)).shape)
         host = np.empty(spec.shape, spec.dtype)
         for i in range(config.num_hidden_layers if stacked else 1):
             name = pattern.format(i=i)
             if name not in where:
                 raise KeyError(f"{hf_dir}: tensor {name!r} missing from the checkpoint")
             with safe_open(where[name], "numpy") as f:
-                tensor = to_ipt(f.get_tensor(name))
-            expected = spec.shape[1:] if stacked else spec.shape
-            if tensor.shape != expected:
-                raise ValueError(
-                    f"{where[name]}: {name} has layout {tensor.shape}, config implies {expected}"
-                )
-            if stacked:
-                host[i] = tensor.astype(spec.dtype)
-            else:
-                host[...] = tensor.astype(spec.dtype)
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != hf_shape:
+                    raise ValueError(
+                        f"{where[name]}: {name} has shape {shape}, config.json implies {hf_shape}"
+                    )
+                host[i if stacked else ...] = to_ipt(f.get_tensor(name)).astype(spec.dtype)
         sharding = spec.sharding if mesh is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
         _set(params, path, jax.make_array_from_callback(spec.shape, sharding, lambda idx, h=host: h[idx]))
         del host
