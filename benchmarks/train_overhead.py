@@ -10,7 +10,7 @@ already on the device, timed over the same number of steps.
 Segments alternate A B A B after a warm-up of each; the last line is the median of the
 per-round A/B ratios (pairs taken back to back, so the shared machine's drifting load cancels).
 
-    python benchmarks/train_overhead.py [--rounds 3] [--steps 12] [--ckpt-every 5]
+    python benchmarks/train_overhead.py [--rounds 7] [--steps 12] [--ckpt-every 10]
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def run_ipt_train(work: Path, shards: Path, upto: int, args) -> dict[int, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=12, help="steps per timed segment")
-    p.add_argument("--ckpt-every", type=int, default=5)
+    p.add_argument("--ckpt-every", type=int, default=10)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     args = p.parse_args()
@@ -122,10 +122,12 @@ def main() -> None:
         for r in range(args.rounds):
             start, done = done, done + args.steps
             recs = run_ipt_train(work, shards, done, args)
-            steady = [recs[s] for s in range(start + 3, done + 1)]
+            # steady steps: not the first two after the resume (restore, compile), nor the last, which
+            # waits for the end-of-run save that steady-state training does not have
+            steady = [recs[s] for s in range(start + 3, done)]
             a = tokens / (sum(x["step_time"] for x in steady) / len(steady))
             mfus.append(statistics.median(x["mfu"] for x in steady))
-            b = tokens / bare_segment(args.steps - 2)
+            b = tokens / bare_segment(len(steady))
             a_rates.append(a)
             b_rates.append(b)
             print(

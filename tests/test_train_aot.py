@@ -86,3 +86,17 @@ def test_paper_experiments_fit_their_slices(experiment, topology, capsys):
     out = capsys.readouterr().out
     assert "fits" in out
     print(out)
+
+
+@needs_libtpu
+def test_multislice_mesh_puts_the_dcn_axis_across_slices(monkeypatch):
+    from jax.experimental import topologies
+
+    from ipt.train.mesh import MeshConfig, make_mesh
+
+    monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    devices = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", num_slices=2).devices
+    mesh = make_mesh(MeshConfig(axes={"data": 1, "fsdp": -1, "tensor": 1}, dcn={"data": 2}), devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    slices = [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)]
+    assert slices == [{0}, {1}]  # fsdp stays within a slice (ICI), data crosses slices (DCN)

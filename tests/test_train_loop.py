@@ -143,3 +143,16 @@ def test_non_finite_gradients_stop_with_a_checkpoint(shards, tmp_path, capsys):
     assert "non-finite loss or gradients" in err and "saved the last good state as checkpoint" in err
     saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()]
     assert len(saved) == 1 and saved[0] < 30
+
+
+def test_a_batch_the_mesh_cannot_split_is_refused_clearly(shards, tmp_path, capsys):
+    data = {"sources": [{"name": "corpus", "path": str(shards["train"])}], "seq_len": 32, "batch_size": 4}
+    cfg = write_config(
+        tmp_path / "t.yaml",
+        shards,
+        tmp_path / "run",
+        data=data,
+        mesh={"axes": {"data": 8, "fsdp": 1, "tensor": 1}},
+    )
+    assert train_main(["--config", str(cfg)]) == 2
+    assert "must be a multiple of the 8 ways the mesh splits the batch" in capsys.readouterr().err

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-from flax import nnx
 
 from ipt.config import dump_config, run_stage
 from ipt.train import optim
@@ -42,10 +41,10 @@ def maybe_initialize_distributed(mode: str) -> None:
         jax.distributed.initialize()
 
 
-def model_builder(cfg: TrainConfig):
-    from ipt.model import CausalLM
+def model_builder(cfg: TrainConfig) -> st.ModelBuilder:
+    from ipt.model import create_model
 
-    return lambda seed: CausalLM(cfg.model, nnx.Rngs(params=seed))
+    return lambda seed: create_model(cfg.model, seed)
 
 
 class Trainer:
@@ -118,9 +117,12 @@ def train(cfg: TrainConfig) -> int:
     run_dir = Path(cfg.run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_file(run_dir / "config.yaml", dump_config(cfg))
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+        data_iter = make_batch_iterator(cfg.data)
+    except (ValueError, FileNotFoundError) as e:  # a config that cannot run: say why, no traceback
+        return fail(str(e), 2)
     checkpointer = Checkpointer(cfg.checkpoint.directory or run_dir / "checkpoints", cfg.checkpoint)
-    data_iter = make_batch_iterator(cfg.data)
     data_state = None
     if checkpointer.latest_step() is None:
         state = trainer.fresh_state()
