@@ -100,3 +100,8 @@ def test_multislice_mesh_puts_the_dcn_axis_across_slices(monkeypatch):
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     slices = [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)]
     assert slices == [{0}, {1}]  # fsdp stays within a slice (ICI), data crosses slices (DCN)
+
+
+def test_a_slice_that_does_not_exist_is_refused_clearly(tmp_path, capsys):
+    assert run_compile(_config(tmp_path, compile={"topology": "v5e-12"})) == 2
+    assert "unknown slice size" in capsys.readouterr().err

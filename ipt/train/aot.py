@@ -159,6 +159,9 @@ def run_compile(cfg: TrainConfig) -> int:
             print(f"ipt compile: does NOT fit on {cfg.compile.topology}: the TPU compiler ran out of HBM:\n{e}",
                   file=sys.stderr)  # fmt: skip
             return 1
+        if isinstance(e, ValueError | RuntimeError):  # a slice name, mesh or batch that cannot work
+            print(f"ipt compile: error: {e}", file=sys.stderr)
+            return 2
         raise
     return verdict(cfg, report)
 
