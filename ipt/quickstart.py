@@ -122,8 +122,6 @@ def quickstart(cfg: QuickstartConfig) -> int:
     _say(f"cook read collections into pre-training text -> {texts}")
     cook(_stage(CookConfig, input=str(collections / "chunk-*.jsonl"), output_dir=str(texts), seed=cfg.seed))
     cooked = json.loads((texts / "cook_manifest.json").read_text(encoding="utf-8"))["stats"]
-        _stage(CookConfig, input=str(collections / "chunk-*.jsonl"), output_dir=str(texts), seed=cfg.seed)
-    )
     _say(f"tokenize raw and instruction-augmented text (Mistral v1 tokenizer) -> {tokens}")
     manifests = {
         name: tokenize(
