@@ -171,3 +171,17 @@ def test_splash_model_matches_xla_and_lowers_for_tpu():
 
     lowered = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("tpu",))
     assert lowered.as_text().count("tpu_custom_call") >= 3
+
+
+def test_python_loop_over_layers_equals_scan():
+    from ipt.model.generate import generate
+
+    scan = create_model(ModelConfig(**TINY), seed=4)
+    loop = create_model(ModelConfig(**TINY, scan_layers=False), seed=4)
+    ids = np.random.default_rng(3).integers(0, 97, size=(2, 10)).astype(np.int32)
+    pos = np.tile(np.arange(10, dtype=np.int32), (2, 1))
+    np.testing.assert_allclose(
+        run(loop, ids, pos, np.ones_like(ids)), run(scan, ids, pos, np.ones_like(ids)), atol=1e-5
+    )
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    assert generate(loop, prompts, 5, eos_ids=()) == generate(scan, prompts, 5, eos_ids=())

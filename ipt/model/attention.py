@@ -39,11 +39,12 @@ def _normalized_exp(scores: jax.Array) -> jax.Array:
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Reference: q [b, s, h, d], k/v [b, t, kv, d], mask [b, s, t] -> [b, s, h, d].
 
-    Layouts chosen by measurement on CPU (fwd + bwd, vs a grouped 5-D einsum): with GQA the
-    g = h / kv query heads sharing a KV head are folded into the query axis, so both matmuls
-    are plain batched [b, kv] matmuls (2x faster); with MHA the 4-D einsums run on the
-    projection layout directly (no transposes; 1.4x faster). Either way the softmax is
-    normalized after the value matmul, which saves a pass over the [s, t] weights."""
+    Layouts chosen by measurement on CPU: with GQA the g = h / kv query heads sharing a KV
+    head are folded into the query axis, so both matmuls are plain batched [b, kv] matmuls;
+    with MHA the 4-D einsums run on the projection layout directly (no transposes). Either way
+    the softmax is normalized after the value matmul, saving a pass over the [s, t] weights.
+    Against one grouped 5-D einsum (fwd + bwd, batch 8, seq 512, 8 heads of 64, 2 cores):
+    0.63 -> 0.36 s with MHA, 0.75 -> 0.34 s with 2 KV heads."""
     b, s, h, d = q.shape
     t, kv_heads = k.shape[1], k.shape[2]
     g = h // kv_heads

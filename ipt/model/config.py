@@ -65,6 +65,9 @@ class ModelConfig(Config):
     attention: Literal["xla", "cudnn", "splash"] = Field(
         "xla", description="attention kernel: xla (everywhere), cudnn (NVIDIA GPU), splash (TPU)"
     )
+    scan_layers: bool = Field(
+        True, description="run layers with lax.scan (fast compile); false: a Python loop (no scan overhead)"
+    )
     scan_unroll: int = Field(1, ge=1, description="layers per scan iteration (lax.scan unroll)")
 
     @model_validator(mode="before")

@@ -5,7 +5,8 @@ axis names (vocab, embed, heads, kv_heads, head_dim, mlp, layers); the trainer m
 mesh axes. Projection weights are stored input-first ([embed, heads, head_dim] for q_proj),
 so a sharded matmul needs no transpose; `ipt.model.hf` reshapes to and from HF's [out, in].
 Decoder layers are created stacked along a leading `layers` axis by `nnx.vmap` and run with
-`jax.lax.scan`, optionally rematerialized per layer.
+`jax.lax.scan` (or, with `scan_layers: false`, a Python loop over the same stacked
+parameters), optionally rematerialized per layer.
 """
 
 from __future__ import annotations
@@ -200,7 +201,14 @@ class CausalLM(nnx.Module):
             start = cache.index
             slot_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, start, axis=1)
             kv = (cache.keys, cache.values)
-        x, new_kv = jax.lax.scan(one_layer, x, (layer_state, kv), unroll=config.scan_unroll)
+        if config.scan_layers:
+            x, new_kv = jax.lax.scan(one_layer, x, (layer_state, kv), unroll=config.scan_unroll)
+        else:
+            per_layer_out = []
+            for i in range(config.num_hidden_layers):
+                x, out = one_layer(x, jax.tree.map(lambda a, i=i: a[i], (layer_state, kv)))
+                per_layer_out.append(out)
+            new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *per_layer_out)
         x = self.norm(x)
         if self.lm_head is None:
             logits = jnp.einsum("bse,ve->bsv", x, self.embed_tokens.weight[...].astype(x.dtype))
