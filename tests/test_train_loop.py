@@ -130,19 +130,29 @@ def test_sigterm_then_resume_matches_uninterrupted_run(reference, shards, tmp_pa
     ]
 
 
-def test_non_finite_gradients_stop_with_a_checkpoint(shards, tmp_path, capsys):
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_gradients_stop_with_a_checkpoint(policy, shards, tmp_path, capsys):
+    # a learning rate of 1e12 blows the weights up after one step; every later step overflows
     cfg = write_config(
         tmp_path / "train.yaml",
         shards,
         tmp_path / "run",
         optimizer={"clip_norm": None, "schedule": {"kind": "constant", "peak_lr": 1e12}},
-        nonfinite="stop",
+        nonfinite=policy,
+        max_skipped_in_a_row=3,
     )
     assert train_main(["--config", str(cfg)]) == 3
     err = capsys.readouterr().err
-    assert "non-finite loss or gradients" in err and "saved the last good state as checkpoint" in err
-    saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()]
-    assert len(saved) == 1 and saved[0] < 30
+    assert "saved the last good state as checkpoint" in err
+    metrics = read_metrics(tmp_path / "run")
+    bad = [s for s, m in sorted(metrics.items()) if m["skipped_total"] > 0]
+    if policy == "stop":
+        assert "non-finite loss or gradients" in err and len(bad) == 1
+    else:
+        assert "3 steps in a row with non-finite" in err
+        assert [metrics[s]["skipped_total"] for s in bad] == [1, 2, 3]
+    (saved,) = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()]
+    assert saved < 30
 
 
 def test_a_batch_the_mesh_cannot_split_is_refused_clearly(shards, tmp_path, capsys):
