@@ -9,6 +9,7 @@ as a worked example. Rerunning resumes: finished stages are skipped by their own
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -206,4 +207,5 @@ def quickstart(cfg: QuickstartConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the quickstart is a CPU run, even where libtpu is installed
     return run_stage(QuickstartConfig, quickstart, list(argv or []), prog="ipt quickstart")
