@@ -240,6 +240,10 @@ def test_import_places_parameters_on_their_mesh_shardings(tmp_path):
         params = hf.import_params(tmp_path / "hf", config, mesh)
         save_model_dir(tmp_path / "ipt", config, params)
         restored = load_params(tmp_path / "ipt", config, mesh)
+    replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
+    given = hf.import_params(tmp_path / "hf", config, shardings=replicated)
+    assert given["embed_tokens"]["weight"].sharding.is_fully_replicated
+    np.testing.assert_array_equal(given["embed_tokens"]["weight"], params["embed_tokens"]["weight"])
     for tree in (params, restored):
         q = tree["layers"]["self_attn"]["q_proj"]["weight"]
         assert q.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(None, "fsdp", "tensor")), q.ndim)

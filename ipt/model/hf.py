@@ -172,8 +172,17 @@ def _tensor_files(hf_dir: Path) -> dict[str, Path]:
     return out
 
 
-def import_params(hf_dir: str | Path, config: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Read an HF checkpoint into ipt's pure param dict, one ipt parameter at a time."""
+def import_params(
+    hf_dir: str | Path,
+    config: ModelConfig,
+    mesh: jax.sharding.Mesh | None = None,
+    shardings: dict | None = None,
+) -> dict:
+    """Read an HF checkpoint into ipt's pure param dict, one ipt parameter at a time.
+
+    Each parameter goes straight to its sharding: `shardings` (a pure dict of `Sharding`s
+    shaped like the params, e.g. the trainer's), else the logical axes under the active
+    `nnx.logical_axis_rules` on `mesh`, else the first device."""
     hf_dir = Path(hf_dir)
     where = _tensor_files(hf_dir)
     target = abstract_params(config, mesh)
@@ -195,7 +204,12 @@ def import_params(hf_dir: str | Path, config: ModelConfig, mesh: jax.sharding.Me
                         f"{where[name]}: {name} has shape {shape}, config.json implies {hf_shape}"
                     )
                 host[i if stacked else ...] = to_ipt(f.get_tensor(name)).astype(spec.dtype)
-        sharding = spec.sharding if mesh is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        if shardings is not None:
+            sharding = _get(shardings, path)
+        elif mesh is not None:
+            sharding = spec.sharding
+        else:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         _set(params, path, jax.make_array_from_callback(spec.shape, sharding, lambda idx, h=host: h[idx]))
         del host
     return params
