@@ -295,3 +295,43 @@ def test_import_reports_shape_mismatch_with_config(tmp_path):
     (src / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(ConfigError, match="model_type"):
         hf.import_hf(src, tmp_path / "ipt")
+
+
+def test_preset_configs_survive_the_hf_config_round_trip(tmp_path):
+    from ipt.model import load_model_config, preset_names
+
+    for name in preset_names():
+        config = load_model_config(name)
+        cls = transformers.MistralConfig if config.architecture == "mistral" else transformers.LlamaConfig
+        cls(**hf.hf_config_dict(config, "bfloat16")).save_pretrained(tmp_path / name)
+        written = json.loads((tmp_path / name / "config.json").read_text())
+        assert hf.config_from_hf(written) == config, name
+
+
+def test_legacy_llama31_config_reads_rope_scaling():
+    """A transformers-4 style config.json (rope_theta + rope_scaling at the top level)."""
+    legacy = {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rms_norm_eps": 1e-05,
+        "max_position_embeddings": 131072,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
+        "torch_dtype": "bfloat16",
+    }
+    from ipt.model import load_model_config
+
+    assert hf.config_from_hf(legacy) == load_model_config("llama3.1-8b")
