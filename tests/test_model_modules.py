@@ -100,8 +100,8 @@ def test_model_created_on_a_mesh_is_sharded_by_the_rules():
     np.testing.assert_allclose(sharded, run(ref, ids, pos, seg), atol=1e-5)
 
 
-@pytest.mark.parametrize("remat", ["full", "save_dots"])
-def test_remat_changes_memory_not_numbers(remat):
+@pytest.mark.parametrize(("remat", "scan"), [("full", True), ("save_dots", True), ("full", False)])
+def test_remat_changes_memory_not_numbers(remat, scan):
     ids = np.random.default_rng(1).integers(0, 97, size=(2, 12)).astype(np.int32)
     pos = np.tile(np.arange(12, dtype=np.int32), (2, 1))
     seg = np.ones_like(ids)
@@ -114,7 +114,9 @@ def test_remat_changes_memory_not_numbers(remat):
 
         return jax.tree.leaves(nnx.jit(nnx.grad(loss))(model))
 
-    for a, b in zip(grads(ModelConfig(**TINY)), grads(ModelConfig(**TINY, remat=remat)), strict=True):
+    for a, b in zip(
+        grads(ModelConfig(**TINY)), grads(ModelConfig(**TINY, remat=remat, scan_layers=scan)), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 

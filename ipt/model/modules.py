@@ -193,7 +193,10 @@ class CausalLM(nnx.Module):
             return layer(h, rotary, segment_ids, layer_cache)
 
         if config.remat != "none":
-            one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
+            # CSE across layers is only impossible inside a scan; a Python loop needs the guard
+            one_layer = jax.checkpoint(
+                one_layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers
+            )
         if cache is None:
             slot_segments = start = None
             kv = None
