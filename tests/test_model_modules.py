@@ -101,7 +101,7 @@ def test_model_created_on_a_mesh_is_sharded_by_the_rules():
 
 
 @pytest.mark.parametrize(("remat", "scan"), [("full", True), ("save_dots", True), ("full", False)])
-def test_remat_changes_memory_not_numbers(remat, scan):
+def test_remat_recomputes_layers_without_changing_gradients(remat, scan):
     ids = np.random.default_rng(1).integers(0, 97, size=(2, 12)).astype(np.int32)
     pos = np.tile(np.arange(12, dtype=np.int32), (2, 1))
     seg = np.ones_like(ids)
@@ -114,6 +114,13 @@ def test_remat_changes_memory_not_numbers(remat, scan):
 
         return jax.tree.leaves(nnx.jit(nnx.grad(loss))(model))
 
+    def has_checkpoint(config):
+        graphdef, params = nnx.split(create_model(config))
+        jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(ids, pos, seg))))(params)
+        return "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+
+    assert has_checkpoint(ModelConfig(**TINY, remat=remat, scan_layers=scan))
+    assert not has_checkpoint(ModelConfig(**TINY, scan_layers=scan))
     for a, b in zip(
         grads(ModelConfig(**TINY)), grads(ModelConfig(**TINY, remat=remat, scan_layers=scan)), strict=True
     ):
