@@ -30,7 +30,7 @@ class QuickstartConfig(Config):
     train_config: str = Field(
         str(REPO / "configs" / "experiments" / "quickstart.yaml"), description="the training experiment"
     )
-    steps: int = Field(200, gt=0, description="training steps")
+    steps: int = Field(150, gt=0, description="training steps")
     augmented_share: float = Field(
         0.5, gt=0, lt=1, description="share of training tokens from instruction-augmented text"
     )
@@ -77,7 +77,8 @@ def _generate_sample(train_cfg, prompt: str) -> str:
     from ipt.train.run import Trainer
 
     trainer = Trainer(train_cfg)
-    checkpointer = Checkpointer(Path(train_cfg.run_dir) / "checkpoints", train_cfg.checkpoint)
+    directory = train_cfg.checkpoint.directory or Path(train_cfg.run_dir) / "checkpoints"
+    checkpointer = Checkpointer(directory, train_cfg.checkpoint)
     try:
         _, state, _ = checkpointer.restore(trainer.abstract)
     finally:
@@ -207,5 +208,7 @@ def quickstart(cfg: QuickstartConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the quickstart is a CPU run, even where libtpu is installed
+    os.environ.setdefault(
+        "JAX_PLATFORMS", "cpu"
+    )  # the quickstart is a CPU run, even where libtpu is installed
     return run_stage(QuickstartConfig, quickstart, list(argv or []), prog="ipt quickstart")
