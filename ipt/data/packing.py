@@ -1,6 +1,7 @@
-"""The steps of the input pipeline between grain's own: decode, read in blocks, split, rows -> batch.
+"""The steps of the input pipeline between grain's own: decode, read in blocks, rows -> batch.
 
-Both packing modes build rows of `seq_len + 1` tokens (grain's packers do the placing); a batch of
+Both packing modes build rows of `seq_len + 1` tokens (grain's ConcatThenSplit in `concat` mode,
+`block_packing.PackBlocks` in `pack` mode); a batch of
 rows becomes `inputs = row[:-1]` and `targets = row[1:]`, so every position has a target without
 a second shifted copy of the data going through the packer.
 """
@@ -102,29 +103,6 @@ class ConcatBlock(grain.transforms.Map):
 
     def map(self, docs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {k: np.concatenate([d[k] for d in docs]) for k in docs[0]}
-
-
-@dataclass(frozen=True)
-class SplitLongDocument(grain.experimental.FlatMapTransform):
-    """Pack mode: a block of documents -> its documents, each cut to at most `row_len` tokens.
-
-    A longer document becomes pieces overlapping by one token, so every token after the first
-    is still a target exactly once (the last token of a piece is the first input of the next).
-    """
-
-    row_len: int
-    max_fan_out: int = 1 << 20
-
-    def flat_map(self, docs: list[dict[str, np.ndarray]]) -> Sequence[dict[str, np.ndarray]]:
-        pieces = []
-        for doc in docs:
-            n = len(doc[TOKENS])
-            if n <= self.row_len:
-                pieces.append(doc)
-                continue
-            for start in range(0, n - 1, self.row_len - 1):
-                pieces.append({k: v[start : start + self.row_len] for k, v in doc.items()})
-        return pieces
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import grain
 from pydantic import Field, model_validator
 
 from ipt.config import Config
+from ipt.data.block_packing import PackBlocks
 from ipt.data.packing import (
     MASK,
     TOKENS,
@@ -25,7 +26,6 @@ from ipt.data.packing import (
     DecodeDocument,
     ReadInBlocks,
     RowsToBatch,
-    SplitLongDocument,
 )
 from ipt.data.records import Manifest, shard_paths
 from ipt.data.sources import SourceConfig, document_weights, open_sources
@@ -43,9 +43,6 @@ class DataConfig(Config):
     packing: Literal["concat", "pack"] = Field(
         "concat",
         description="concat: GPT-3 style stream cut into rows; pack: whole documents per row with segment ids",
-    )
-    pack_bins: int = Field(
-        64, gt=0, description="pack mode: rows filled at once by first-fit (more bins, less padding)"
     )
     seed: int = Field(0, ge=0, lt=2**31, description="shuffle seed (every epoch is shuffled differently)")
     shuffle: bool = Field(True, description="global shuffle of the documents of each source")
@@ -136,20 +133,13 @@ def make_dataset(
     blocks = ReadInBlocks(mixed, cfg.docs_per_read)
     read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer_size)
     row_len = cfg.seq_len + 1
-    lengths = {TOKENS: row_len, **({MASK: row_len} if with_mask else {})}
     if cfg.packing == "concat":
+        lengths = {TOKENS: row_len, **({MASK: row_len} if with_mask else {})}
         rows = grain.experimental.ConcatThenSplitIterDataset(
             blocks.map(ConcatBlock()).to_iter_dataset(read), length_struct=lengths
         )
     else:
-        rows = grain.experimental.FirstFitPackIterDataset(
-            grain.experimental.FlatMapIterDataset(blocks.to_iter_dataset(read), SplitLongDocument(row_len)),
-            length_struct=lengths,
-            num_packing_bins=cfg.pack_bins,
-            seed=cfg.seed,
-            shuffle_bins=cfg.shuffle,
-            meta_features=(MASK,) if with_mask else (),
-        )
+        rows = PackBlocks(blocks.to_iter_dataset(read), row_len, seed=cfg.seed, shuffle_rows=cfg.shuffle)
     local_batch = cfg.batch_size // process_count
     batches = rows.batch(
         local_batch, batch_fn=functools.partial(grain.experimental.batch_and_pad, batch_size=local_batch)
