@@ -176,3 +176,9 @@ def test_state_after_a_finished_block_points_past_it():
     resumed = packed_rows(blocks)
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)[TOKENS], next(it)[TOKENS])
+
+
+def test_a_state_from_another_packer_is_refused():
+    it = packed_rows(make_blocks(1, 10))
+    with pytest.raises(ValueError, match=r"keys \['counter', 'next_row', 'parent'\], expected"):
+        it.set_state({"parent": {"next_index": 0}, "next_row": 3, "counter": 3})

@@ -175,5 +175,10 @@ class _PackBlocksIterator(grain.DatasetIterator):
         return {"parent": self._block_parent_state, "next_row": self._next_row, "blocks": self._blocks}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if not {"parent", "next_row", "blocks"} <= set(state):
+            raise ValueError(
+                f"pack-mode iterator state has keys {sorted(state)}, expected parent, next_row and blocks: "
+                "it was saved by another packer (e.g. an ipt version that packed with grain's first-fit)"
+            )
         self._parent.set_state(state["parent"])
         self._reset(state["parent"], next_row=int(state["next_row"]), blocks=int(state["blocks"]))
