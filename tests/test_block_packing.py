@@ -132,6 +132,17 @@ def test_pack_blocks_yields_every_piece_of_every_block_once():
     assert len(rows) == sum(len(pack_block(b, ROW_LEN)[TOKENS]) for b in blocks)
 
 
+def test_empty_documents_take_no_space_and_an_empty_block_no_row():
+    empty = {TOKENS: np.zeros(0, np.uint32), MASK: np.zeros(0, np.uint8)}
+    (block,) = make_blocks(1, 20)
+    with_empty = pack_block([empty, *block[:10], empty, *block[10:]], ROW_LEN)
+    for k, v in pack_block(block, ROW_LEN).items():
+        np.testing.assert_array_equal(with_empty[k], v, err_msg=k)
+    assert all(v.shape == (0, ROW_LEN) for v in pack_block([empty, empty], ROW_LEN).values())
+    rows = list(packed_rows([[empty], block, [empty]]))
+    assert len(rows) == len(pack_block(block, ROW_LEN)[TOKENS])
+
+
 def test_pack_blocks_shuffles_each_block_differently():
     block = make_blocks(1, 60)[0]
     rows = [r[TOKENS] for r in packed_rows([block, block])]

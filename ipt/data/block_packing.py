@@ -79,6 +79,14 @@ def pack_block(
     lengths = np.fromiter((len(d[TOKENS]) for d in docs), np.int64, len(docs))
     doc, start, piece_len = split_into_pieces(lengths, row_len)
     row, n_rows = best_fit_decreasing(piece_len, row_len)
+    features = [TOKENS, MASK] if MASK in docs[0] else [TOKENS]
+    if not n_rows:  # only empty documents
+        rows = {k: np.zeros((0, row_len), docs[0][k].dtype) for k in features}
+        return {
+            **rows,
+            SEGMENT_IDS: np.zeros((0, row_len), np.int32),
+            POSITIONS: np.zeros((0, row_len), np.int32),
+        }
     if rng is not None:
         row = rng.permutation(n_rows)[row]
     # The rows laid end to end are pieces in row order, then block order, each row's padding after
@@ -88,7 +96,6 @@ def pack_block(
     padding = row_len - np.bincount(row, weights=piece_len, minlength=n_rows).astype(np.int64)
     ends_row = np.ones(len(row), bool)
     ends_row[:-1] = row[1:] != row[:-1]
-    features = [TOKENS, MASK] if MASK in docs[0] else [TOKENS]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in features}
     zeros = {k: np.zeros(row_len, docs[0][k].dtype) for k in features}
     position_parts, segment_ids, part_lengths = [], [], []
