@@ -4,9 +4,9 @@ grain's packers (`FirstFitPackIterDataset`, `BestFitPackIterDataset`) place one 
 Python step (tree mapping, numpy checks over the bins, a copy into the row), about 40 us per
 document: more than reading it. Here a whole read block (`docs_per_read` documents) is packed at
 once: documents longer than a row are cut into pieces overlapping by one token, the pieces are
-placed by best-fit decreasing (a loop over integers only), and all tokens, segment ids and
-positions are copied with a few vectorised gathers. Sorting a block's pieces by length before
-placing them also leaves less padding than first-fit over a stream.
+placed by best-fit decreasing (a loop over integers only), and the rows are laid out with one
+numpy concatenation of views per feature. Sorting a block's pieces by length before placing
+them also leaves less padding than grain's first-fit over a stream.
 
 The state is the parent's state before the current block, the rows of it already emitted and the
 count of blocks packed (it seeds the row shuffle); restoring re-reads and re-packs that one block.
