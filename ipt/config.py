@@ -70,12 +70,34 @@ def _resolve_bases(
     for key, value in node.items():
         if key == BASE_KEY:
             continue
+        where = f"{prefix}{key}"
         if isinstance(value, dict):
-            value, sub_origin = _resolve_bases(value, path, chain, prefix=f"{prefix}{key}.")
-            origin.update(sub_origin)
+            value, sub_origin = _resolve_bases(value, path, chain, prefix=f"{where}.")
+        else:
+            # a list or scalar replaces the bases' value whole, and with it their provenance
+            origin = {k: v for k, v in origin.items() if not k.startswith(f"{where}.")}
+            value, sub_origin = (
+                _resolve_items(value, path, chain, where) if isinstance(value, list) else (value, {})
+            )
+        origin.update(sub_origin)
         own[key] = value
-        origin[f"{prefix}{key}"] = str(path)
+        origin[where] = str(path)
     return _merge(merged, own), origin
+
+
+def _resolve_items(
+    items: list, path: Path, chain: tuple[Path, ...], where: str
+) -> tuple[list, dict[str, str]]:
+    """A list's mappings may hold `base:` too; record each element's file as `key.INDEX`."""
+    out: list = []
+    origin: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            item, sub_origin = _resolve_bases(item, path, chain, prefix=f"{where}.{i}.")
+            origin.update(sub_origin)
+        origin[f"{where}.{i}"] = str(path)
+        out.append(item)
+    return out, origin
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -117,14 +139,16 @@ def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
 
 def _model_at(cls: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
     """The config class that owns the field at `loc` (for suggesting sibling keys)."""
+    annotation: Any = cls
     for part in loc:
-        if isinstance(part, int) or part not in cls.model_fields:
+        if isinstance(part, int):
+            annotation = _item_annotation(annotation)
+            continue
+        owner = _config_class(annotation)
+        if owner is None or part not in owner.model_fields:
             return None
-        sub = _config_class(cls.model_fields[part].annotation)
-        if sub is None:
-            return None
-        cls = sub
-    return cls
+        annotation = owner.model_fields[part].annotation
+    return _config_class(annotation)
 
 
 def _config_class(annotation: Any) -> type[BaseModel] | None:
@@ -138,12 +162,23 @@ def _config_class(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _item_annotation(annotation: Any) -> Any:
+    """`list[X]`, `tuple[X, ...]` or `list[X] | None` -> X (None for anything else)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        found = [_item_annotation(arg) for arg in typing.get_args(annotation)]
+        return next((f for f in found if f is not None), None)
+    if typing.get_origin(annotation) in (list, tuple, Sequence):
+        args = typing.get_args(annotation)
+        return args[0] if args else None
+    return None
+
+
 def _describe(err: dict, schema: type[BaseModel], origin: dict[str, str]) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))]
     key = ".".join(str(p) for p in loc) or "(top level)"
     where = origin.get(key, CLI)
     if err["type"] == "extra_forbidden":
-        owner = _model_at(schema, [p for p in loc[:-1] if isinstance(p, str)])
+        owner = _model_at(schema, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields) if owner else [], n=1)
         hint = f"; did you mean `{'.'.join([*map(str, loc[:-1]), close[0]])}`?" if close else ""
         return f"unknown key `{key}` (set in {where}){hint}"

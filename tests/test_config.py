@@ -24,6 +24,7 @@ class Experiment(Config):
     model: Model = Model()
     data: Data
     tags: list[str] = []
+    extra_data: list[Data] | None = None
 
 
 def write(path, text):
@@ -67,6 +68,25 @@ def test_wrong_type_and_missing(tmp_path):
         load_config(Experiment, exp)
     with pytest.raises(ConfigError, match=r"missing required value `data`"):
         load_config(Experiment, None, [])
+    empty = write(tmp_path / "empty.yaml", "name: x\n")
+    with pytest.raises(
+        ConfigError, match=r"invalid config \(.*empty.yaml\):\n  missing required value `data`"
+    ):
+        load_config(Experiment, empty)
+
+
+def test_keys_inside_lists_name_their_file_and_suggest(tmp_path):
+    base = write(tmp_path / "data.yaml", "extra_data:\n  - {path: a}\n  - {path: b, wieght: 2}\n")
+    exp = write(tmp_path / "exp.yaml", "base: data.yaml\ndata: {path: x}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Experiment, exp)
+    msg = str(e.value)
+    assert f"unknown key `extra_data.1.wieght` (set in {base})" in msg
+    assert "did you mean `extra_data.1.weight`?" in msg
+    # a list set in the experiment replaces the base's list, and the blame moves with it
+    write(tmp_path / "exp.yaml", "base: data.yaml\ndata: {path: x}\nextra_data: [{path: c, weight: heavy}]\n")
+    with pytest.raises(ConfigError, match=r"`extra_data.0.weight`: .*'heavy', set in .*exp.yaml"):
+        load_config(Experiment, exp)
 
 
 def test_base_cycle_and_missing_file(tmp_path):

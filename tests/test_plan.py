@@ -38,11 +38,13 @@ def _source(
     )
 
 
-@pytest.mark.parametrize("name", ["from_scratch", "continual"])
-def test_recipes_are_valid_data_configs(name):
-    cfg = load_config(DataConfig, RECIPES / f"{name}.yaml")
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_recipes_are_valid_data_configs(path, monkeypatch):
+    monkeypatch.delenv("IPT_DATA_DIR", raising=False)
+    cfg = load_config(DataConfig, path)
     assert cfg.packing == "concat"
-    assert all(s.path.startswith("data/tokens/") for s in cfg.sources)
+    assert cfg.eval_sources, "every recipe names its held-out shards"
+    assert all(s.path.startswith("data/tokens/") for s in (*cfg.sources, *cfg.eval_sources))
 
 
 def test_from_scratch_recipe_repeats_the_synthesizer_data_four_times(tmp_path, monkeypatch, capsys):
@@ -66,12 +68,12 @@ def test_from_scratch_recipe_repeats_the_synthesizer_data_four_times(tmp_path, m
 
 def test_continual_recipe_mixes_one_to_one_by_tokens(tmp_path, monkeypatch):
     monkeypatch.setenv("IPT_DATA_DIR", str(tmp_path))
-    _source(tmp_path / "tokens/domain_augmented", 3_000_000_000, num_docs=2_000_000)
+    _source(tmp_path / "tokens/biomed_augmented", 3_000_000_000, num_docs=2_000_000)
     _source(tmp_path / "tokens/general_instructions", 1_000_000_000, num_docs=4_000_000)
-    cfg = load_config(PlanConfig, RECIPES / "continual.yaml", ["budget_tokens=4e9"])
+    cfg = load_config(PlanConfig, RECIPES / "continual-biomed.yaml", ["budget_tokens=4e9"])
     rows = {r["name"]: r for r in plan(cfg)}
-    assert rows["domain_augmented"]["drawn_tokens"] == rows["general_instructions"]["drawn_tokens"] == 2e9
-    assert rows["domain_augmented"]["epochs"] == pytest.approx(2 / 3)
+    assert rows["biomed_augmented"]["drawn_tokens"] == rows["general_instructions"]["drawn_tokens"] == 2e9
+    assert rows["biomed_augmented"]["epochs"] == pytest.approx(2 / 3)
     assert rows["general_instructions"]["epochs"] == pytest.approx(2.0)
 
 
@@ -96,6 +98,6 @@ def test_parse_count(text, value):
 
 def test_budget_is_required_and_checked(capsys):
     with pytest.raises(ConfigError, match="missing required value `budget_tokens`"):
-        load_config(PlanConfig, RECIPES / "continual.yaml")
-    assert main([str(RECIPES / "continual.yaml"), "budget_tokens=lots"]) == 2
+        load_config(PlanConfig, RECIPES / "continual-biomed.yaml")
+    assert main([str(RECIPES / "continual-biomed.yaml"), "budget_tokens=lots"]) == 2
     assert "expected a token count like 100B" in capsys.readouterr().err
