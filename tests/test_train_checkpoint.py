@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 from train_toy import toy_batch, toy_model
 
 from ipt.train import optim
@@ -77,3 +78,22 @@ def test_partial_and_damaged_checkpoints_are_never_restored(tmp_path):
     step, restored, data_state = ckpt.restore(abstract)
     assert step == 1 and data_state == {"i": 1}
     _assert_same(restored["params"], state["params"])
+    # the damaged step is kept aside, so the resumed run can save step 2 again
+    assert ckpt.all_steps() == [1]
+    assert [p.name.split(".")[1].split("-")[0] for p in tmp_path.glob("2.*")] == ["unrestorable"]
+    assert ckpt.save(2, state, {"i": 2}, force=True)
+    ckpt.close()
+    assert Checkpointer(tmp_path, CheckpointConfig()).restore(abstract)[::2] == (2, {"i": 2})
+
+
+def test_nothing_is_moved_when_no_checkpoint_restores(tmp_path):
+    state, _ = _trained_state({"data": 8, "fsdp": 1, "tensor": 1}, steps=0)
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(every=1))
+    ckpt.save(1, state, None)
+    ckpt.close()
+    # another model's shapes (e.g. the config changed): every step fails, none is set aside
+    wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct((*x.shape, 2), x.dtype, sharding=x.sharding), state)
+    ckpt = Checkpointer(tmp_path, CheckpointConfig())
+    with pytest.raises(RuntimeError, match="could be restored"):
+        ckpt.restore(wrong)
+    assert ckpt.all_steps() == [1] and sorted(p.name for p in tmp_path.iterdir()) == ["1"]

@@ -4,8 +4,8 @@ Each step directory holds two items: `state` (step, parameters, optimizer state;
 arrays written by every host) and `data` (the grain iterator state as JSON), so a resumed run
 draws exactly the batches the interrupted run would have drawn next. Orbax writes a step
 under a temporary name and renames it when complete, so a crash mid-save leaves nothing that
-looks finished; a finished step that still fails to restore is reported and the next older
-one is tried.
+looks finished; a finished step that still fails to restore is reported, the next older one
+is tried, and the damaged one is moved aside once an older one restores.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +74,18 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict | None]:
-        """Restore `step` (default: the newest that restores) into `abstract_state`'s shapes and shardings."""
+        """Restore `step` (default: the newest that restores) into `abstract_state`'s shapes and shardings.
+
+        Newer steps that failed to restore while an older one did are renamed `STEP.unrestorable-TIME`
+        (kept for inspection), so this run can save those step numbers again and retention
+        counts only good checkpoints. If none restores, nothing is moved."""
         candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         if not candidates:
             raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
         errors = []
         for s in candidates:
             try:
-                return (s, *self._restore_one(s, abstract_state))
+                state, data_state = self._restore_one(s, abstract_state)
             except Exception as e:  # Orbax raises many types for a damaged directory
                 log.error(
                     "checkpoint %s/%d cannot be restored (%s: %s); trying an older one",
@@ -90,7 +95,22 @@ class Checkpointer:
                     e,
                 )
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
+                continue
+            self._set_aside(candidates[: len(errors)])
+            return s, state, data_state
         raise RuntimeError(f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(errors))
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        if ocp.multihost.is_primary_host(0):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for s in steps:
+                aside = self.directory / f"{s}.unrestorable-{stamp}"
+                (self.directory / str(s)).rename(aside)
+                log.warning("moved the unrestorable checkpoint %d to %s", s, aside)
+        ocp.multihost.sync_global_processes("ipt_checkpoint_set_aside")
+        self.manager.reload()
 
     def _restore_one(self, step: int, abstract_state: Any) -> tuple[Any, dict | None]:
         items = {"state": ocp.args.StandardRestore(abstract_state)}

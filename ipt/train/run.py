@@ -91,10 +91,9 @@ class Trainer:
             return ocp.StandardCheckpointer().restore(Path(init.path).absolute() / PARAMS_DIR, target)
         from ipt.model.hf import import_params
 
-        # Read onto one device, then reshard with this run's rules (which replicate what a mesh
-        # axis does not divide; ipt.model.hf's own placement would reject such a parameter).
-        params = import_params(init.path, self.cfg.model)
-        return jax.device_put(params, self.shardings["params"])
+        # Each tensor goes straight to this run's sharding (its rules replicate what a mesh axis
+        # does not divide), so no host or device ever holds the whole model unsharded.
+        return import_params(init.path, self.cfg.model, shardings=self.shardings["params"])
 
     def _check_same_shapes(self, other, where: str) -> None:
         mine = jax.tree.map(lambda a: a.shape, self.parts.params)
@@ -127,7 +126,11 @@ def train(cfg: TrainConfig) -> int:
     if checkpointer.latest_step() is None:
         state = trainer.fresh_state()
     else:
-        step, state, data_state = checkpointer.restore(trainer.abstract)
+        try:
+            step, state, data_state = checkpointer.restore(trainer.abstract)
+        except RuntimeError as e:  # every checkpoint failed: say why, move nothing, no traceback
+            checkpointer.close()
+            return fail(f"{e}\n(does `model` still match the run that wrote them?)", 2)
         if data_state is not None:
             data_iter.set_state(data_state)
         log.info("resumed from %s at step %d", checkpointer.directory, step)
