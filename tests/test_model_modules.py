@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,3 +196,33 @@ def test_python_loop_over_layers_equals_scan():
     )
     prompts = [[3, 1, 4, 1, 5], [9, 2]]
     assert generate(loop, prompts, 5, eos_ids=()) == generate(scan, prompts, 5, eos_ids=())
+
+
+def test_cudnn_model_lowers_for_cuda_with_fused_attention(monkeypatch):
+    """No GPU here, so the check is the program a GPU would compile: the model's forward and
+    backward, lowered for CUDA, call cuDNN's fused flash attention (forward and backward kernels)
+    with the causal mask and the sliding window fused, and no XLA softmax remains. Only the
+    cuDNN version probe (it reads the GPU host's libcudnn) is answered here, as cuDNN 9.8."""
+    from jax._src.cudnn import fused_attention_stablehlo
+
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 90800)
+    config = ModelConfig(**{
+        **TINY, "architecture": "mistral", "sliding_window": 32, "hidden_size": 128,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "dtype": "bfloat16", "attention": "cudnn",
+    })  # fmt: skip
+    graphdef, params = nnx.split(create_model(config, seed=1))
+    ids = jnp.zeros((2, 128), jnp.int32)
+    pos = jnp.tile(jnp.arange(128, dtype=jnp.int32), (2, 1))
+    seg = jnp.asarray(np.repeat([[1, 2]], 64, axis=1).repeat(2, axis=0), jnp.int32)
+
+    def loss(p):
+        return jnp.mean(nnx.merge(graphdef, p)(ids, pos, seg).astype(jnp.float32) ** 2)
+
+    text = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("cuda",)).as_text()
+    calls = re.findall(r"custom_call @(__cudnn\$fmha\w*)", text)
+    assert any(not c.endswith("Backward") for c in calls) and any(c.endswith("Backward") for c in calls)
+    configs = re.findall(r"custom_call @__cudnn\$fmha\w*\(.*?backend_config = \"(.*?)\", operand", text)
+    assert configs and all(r"\22mask_type\22: \22CAUSAL\22" in c for c in configs)
+    assert all(r"\22sliding_window_length\22: 32" in c for c in configs)
+    exps = [line for line in text.splitlines() if "stablehlo.exponential" in line]
+    assert exps and not any("x128x128x" in line for line in exps)  # the softmax runs in the kernel
