@@ -167,6 +167,18 @@ def test_bfloat16_export_loads(tmp_path):
     assert np.abs(ref - ipt_logits(model, ids)).max() < 0.05 * np.abs(ref).max()
 
 
+def test_bfloat16_checkpoint_imports_exactly(tmp_path):
+    """Released checkpoints (Llama-3, Mistral) ship bf16 safetensors: every value arrives exactly."""
+    hf_model = make_hf_model("llama", seed=4).to(torch.bfloat16)
+    model = import_model(hf_model, tmp_path)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    ids = random_ids(model.config.vocab_size)
+    # the reference: transformers reading the same bf16 file in f32 (fresh f32 rotary buffers)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    want = hf_logits(reference, ids)
+    assert np.abs(want - ipt_logits(model, ids)).max() < 1e-4
+
+
 def test_import_reports_missing_tensor(tmp_path):
     src = tmp_path / "hf"
     make_hf_model("llama").save_pretrained(src)

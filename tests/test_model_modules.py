@@ -129,6 +129,25 @@ def test_remat_recomputes_layers_without_changing_gradients(remat, scan):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_remat_policies_recompute_what_they_say(scan):
+    """Matmuls in the compiled gradient: `full` recomputes every layer matmul the backward pass
+    needs, `save_dots` only the attention einsums (batched dots are not saved), `none` nothing."""
+    ids = np.zeros((2, 12), np.int32)
+    pos = np.tile(np.arange(12, dtype=np.int32), (2, 1))
+
+    def matmuls(remat):
+        graphdef, params = nnx.split(create_model(ModelConfig(**TINY, remat=remat, scan_layers=scan)))
+        grad = jax.jit(jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(ids, pos, np.ones_like(ids)))))
+        return grad.lower(params).compile().as_text().count(" dot(")
+
+    base = matmuls("none")
+    recomputed = {remat: matmuls(remat) - base for remat in ("save_dots", "full")}
+    layers = 1 if scan else TINY["num_hidden_layers"]  # a scan body is compiled once
+    assert recomputed["save_dots"] == 2 * layers  # q.k scores and weights.v per layer
+    assert recomputed["full"] > recomputed["save_dots"]
+
+
 def test_splash_kernel_matches_xla_reference():
     """The Pallas TPU kernel, run by the Pallas interpreter on CPU, against the XLA reference."""
     rng = np.random.default_rng(0)
@@ -226,3 +245,15 @@ def test_cudnn_model_lowers_for_cuda_with_fused_attention(monkeypatch):
     assert all(r"\22sliding_window_length\22: 32" in c for c in configs)
     exps = [line for line in text.splitlines() if "stablehlo.exponential" in line]
     assert exps and not any("x128x128x" in line for line in exps)  # the softmax runs in the kernel
+
+
+def test_top_p_keeps_the_smallest_nucleus_reaching_p():
+    from ipt.model.generate import sample_token
+
+    probs = np.array([0.05, 0.5, 0.15, 0.3])  # sorted: 1 (0.5), 3 (0.8), 2 (0.95), 0 (1.0)
+    logits = jnp.asarray(np.log(probs)[None].repeat(4000, axis=0), jnp.float32)
+    for top_p, support in ((0.4, {1}), (0.75, {1, 3}), (0.9, {1, 2, 3}), (1.0, {0, 1, 2, 3})):
+        draws = np.asarray(sample_token(logits, jax.random.key(0), 1.0, top_p))
+        assert set(draws.tolist()) == support
+        if top_p == 0.75:  # renormalised inside the nucleus: 0.5 / 0.8
+            assert abs(np.mean(draws == 1) - 0.625) < 0.03
