@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from train_toy import toy_batch, toy_model
 
@@ -125,3 +126,44 @@ def test_non_finite_gradients_skip_the_update():
     assert not bool(m["finite"]) and int(m["skipped_total"]) == 1 and int(state["step"]) == 2
     after = jax.tree.map(np.asarray, {"params": state["params"], "opt_state": state["opt_state"].inner_state})
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), before, after)
+
+
+def test_clipping_scales_the_gradient_adam_sees():
+    params = {"w": jnp.zeros(4)}
+    grads = {"w": jnp.array([3.0, 4.0, 0.0, 0.0])}  # global norm 5
+    for clip, scale in ((0.5, 0.1), (10.0, 1.0), (None, 1.0)):
+        tx, _ = optim.make_optimizer(optim.OptimizerConfig(clip_norm=clip), 10, {"w": True})
+        _, opt_state = tx.update(grads, tx.init(params), params)
+        mu = optax.tree_utils.tree_get(opt_state, "mu")  # first moment after one step: (1 - b1) g
+        np.testing.assert_allclose(mu["w"], 0.1 * scale * grads["w"], rtol=1e-6)
+
+
+def test_z_loss_enters_the_gradient_with_its_weight():
+    batch = toy_batch(np.random.default_rng(2), 16, 8)
+    norms = {}
+    for weight in (0.0, 0.5):
+        parts, state, step = _setup({"data": 8, "fsdp": 1, "tensor": 1}, z_loss=weight)
+        params = jax.tree.map(jnp.copy, state["params"])  # the step donates the state
+
+        def objective(p, w=weight, parts=parts):
+            logits = sp._forward(parts, p, parts.rest, batch)
+            ce, zz, count = sp.token_losses(logits, batch["targets"], batch["loss_mask"])
+            return (ce + w * zz) / count
+
+        norms[weight] = float(optax.global_norm(jax.grad(objective)(params)))
+        _, metrics = step(state, batch, parts.rest)
+        np.testing.assert_allclose(float(metrics["grad_norm"]), norms[weight], rtol=1e-5)
+        assert float(metrics["z_loss"]) > 0  # reported whether or not it is trained on
+    assert abs(norms[0.5] / norms[0.0] - 1) > 1e-3
+
+
+def test_optimizer_moments_are_sharded_like_their_parameters():
+    _, state, _ = _setup({"data": 2, "fsdp": 2, "tensor": 2})
+    for moment in ("mu", "nu"):
+        tree = optax.tree_utils.tree_get(state["opt_state"], moment)
+        jax.tree.map(lambda m, p: _assert_sharded_alike(m, p), tree, state["params"])
+    assert state["params"]["up"]["kernel"].sharding.spec == jax.P("fsdp", "tensor")
+
+
+def _assert_sharded_alike(moment: jax.Array, param: jax.Array) -> None:
+    assert moment.sharding.is_equivalent_to(param.sharding, param.ndim), (moment.sharding, param.sharding)
