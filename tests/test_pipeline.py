@@ -161,6 +161,20 @@ def test_concat_yields_every_token_of_every_document_once_per_epoch(sources):
         np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
 
 
+def test_each_epoch_reads_every_document_once_in_a_new_order(sources):
+    _, docs = sources["manual"]
+    batches = take(config(sources, names=("manual",), packing="concat", num_epochs=2, batch_size=3))
+    stream = concat_stream(batches)
+    n_tokens = sum(len(d) for d in docs)
+    assert np.all(stream[2 * n_tokens :] == 0)
+    seen = split_docs(stream[: 2 * n_tokens], bos=1)
+    first, second = seen[: len(docs)], seen[len(docs) :]
+    assert sorted(first) == sorted(second) == sorted(tuple(d.tolist()) for d in docs)
+    assert first != second  # reshuffled for the second epoch
+    endless = take(config(sources, names=("manual",), packing="concat", batch_size=3), n=len(batches))
+    assert_same_batches(endless[:-1], batches[:-1])  # num_epochs=None repeats the same epochs forever
+
+
 def pack_pieces(batch: dict) -> list[tuple[int, ...]]:
     """Every segment of every row as tokens, checking the row's packing invariants on the way."""
     pieces = []

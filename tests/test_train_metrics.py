@@ -30,7 +30,7 @@ def test_total_peak_counts_chips_and_refuses_unknown_kinds():
     chips = [SimpleNamespace(device_kind="TPU v5", platform="tpu")] * 4
     assert total_peak_flops(chips) == (4 * 459e12, "table (TPU v5)")
     assert total_peak_flops(chips, per_device=1e12) == (4e12, "configured")
-    with pytest.raises(ValueError, match="set metrics.peak_flops"):
+    with pytest.raises(ValueError, match=r"set metrics\.peak_flops"):
         total_peak_flops([SimpleNamespace(device_kind="Gaudi 3", platform="hpu")])
     # CPU: the fake devices share one host's cores, so a measured or configured peak counts once
     assert total_peak_flops(jax.devices(), per_device=2e11) == (2e11, "configured")
