@@ -11,6 +11,7 @@ file (or the command line) that set it, and the closest valid key.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -38,13 +39,30 @@ class Config(BaseModel):
 C = TypeVar("C", bound=Config)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false, so `distributed=off` stays the string 'off'."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def _load_yaml(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
     """Load one file with its bases resolved; return the tree and the key -> file provenance."""
     path = path.resolve()
     if path in chain:
         raise ConfigError(f"{path}: `base` cycle: {' -> '.join(str(p) for p in (*chain, path))}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = _parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         where = f" (named as a base in {chain[-1]})" if chain else ""
         raise ConfigError(f"config file not found: {path}{where}") from None
@@ -115,7 +133,7 @@ def parse_overrides(items: Sequence[str]) -> dict:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"{CLI}: override {item!r} is not of the form dotted.key=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = tree

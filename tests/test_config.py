@@ -99,6 +99,16 @@ def test_base_cycle_and_missing_file(tmp_path):
         load_config(Experiment, tmp_path / "c.yaml")
 
 
+def test_only_true_and_false_are_booleans(tmp_path):
+    """YAML 1.1 reads on/off/yes/no as booleans; here they stay strings, in files and overrides."""
+    assert parse_overrides(["a=off", "b=on", "c=no", "d=true", "e=False", "f=1"]) == {
+        "a": "off", "b": "on", "c": "no", "d": True, "e": False, "f": 1,
+    }  # fmt: skip
+    exp = write(tmp_path / "e.yaml", "name: off\ndata: {path: yes}\ntags: [on, n]\n")
+    cfg = load_config(Experiment, exp)
+    assert (cfg.name, cfg.data.path, cfg.tags) == ("off", "yes", ["on", "n"])
+
+
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_overrides(["novalue"])

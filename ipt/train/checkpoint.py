@@ -1,8 +1,9 @@
 """Orbax checkpoints of the train state plus the data iterator's state, and preemption handling.
 
 Each step directory holds two items: `state` (step, parameters, optimizer state; sharded
-arrays written by every host) and `data` (the grain iterator state as JSON), so a resumed run
-draws exactly the batches the interrupted run would have drawn next. Orbax writes a step
+arrays written by every host) and `data` (each host's grain iterator state, one JSON file per
+process through grain's own Orbax handler), so a resumed run draws exactly the batches the
+interrupted run would have drawn next, on every host. Orbax writes a step
 under a temporary name and renames it when complete, so a crash mid-save leaves nothing that
 looks finished; a finished step that still fails to restore is reported, the next older one
 is tried, and the damaged one is moved aside once an older one restores.
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -39,6 +41,26 @@ class CheckpointConfig(Config):
         None, gt=0, description="also keep every checkpoint whose step is a multiple of K"
     )
     async_save: bool = Field(True, description="write in a background thread while training continues")
+
+
+class IteratorStateSnapshot(grain.DatasetIterator):
+    """A saved iterator state posing as an iterator, for grain's checkpoint handler.
+
+    The state saved with step k is the one right after step k's batch; the live iterator is
+    already further on (it prefetches), so the loop carries that state and saves it from here."""
+
+    def __init__(self, state: dict | None = None):
+        super().__init__()
+        self.state = state
+
+    def __next__(self):
+        raise StopIteration
+
+    def get_state(self) -> dict | None:
+        return self.state
+
+    def set_state(self, state: dict) -> None:
+        self.state = state
 
 
 class Checkpointer:
@@ -70,7 +92,7 @@ class Checkpointer:
         """Start saving `step` if the interval says so (or `force`); returns whether a save began."""
         items = {"state": ocp.args.StandardSave(state)}
         if data_state is not None:
-            items["data"] = ocp.args.JsonSave(data_state)
+            items["data"] = grain.checkpoint.CheckpointSave(IteratorStateSnapshot(data_state))
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict | None]:
@@ -116,9 +138,9 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         has_data = (self.directory / str(step) / "data").exists()
         if has_data:
-            items["data"] = ocp.args.JsonRestore()
+            items["data"] = grain.checkpoint.CheckpointRestore(IteratorStateSnapshot())
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], restored["data"] if has_data else None
+        return restored["state"], restored["data"].get_state() if has_data else None
 
     def wait(self) -> None:
         """Block until a background save has been committed."""
