@@ -26,12 +26,22 @@ def shard_dir(tmp_path_factory, bpe_tokenizer_dir, corpus_docs):
 
 
 def _config(
-    shard_dir, tmp_path, axes: dict[str, int], batch_size: int = 8, grad_accum: int = 1
+    shard_dir,
+    tmp_path,
+    axes: dict[str, int],
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    seq_len: int = 32,
+    **model,
 ) -> TrainConfig:
     cfg = {
         "run_dir": str(tmp_path / "run"),
-        "model": MODEL,
-        "data": {"sources": [{"name": "c", "path": str(shard_dir)}], "seq_len": 32, "batch_size": batch_size},
+        "model": {**MODEL, **model},
+        "data": {
+            "sources": [{"name": "c", "path": str(shard_dir)}],
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+        },
         "grad_accum": grad_accum,
         "steps": 10,
         "z_loss": 1e-3,
@@ -43,13 +53,13 @@ def _config(
     return load_config(TrainConfig, path)
 
 
-def _losses(cfg: TrainConfig, devices=None) -> list[float]:
+def _losses(cfg: TrainConfig, devices=None, steps: int = STEPS) -> list[float]:
     trainer = Trainer(cfg, devices)
     state = trainer.fresh_state()
     batches = make_batch_iterator(cfg.data)
     sharding = trainer.rules.batch_sharding()
     out = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         state, metrics = trainer.train_step(state, to_global(next(batches), sharding), trainer.parts.rest)
         out.append(float(metrics["loss"]))
     assert trainer.train_step._cache_size() == 1, "recompiled after the first step"
@@ -69,3 +79,15 @@ def test_grad_accumulation_matches_one_big_batch(shard_dir, tmp_path):
     whole = _losses(_config(shard_dir, tmp_path, {"data": 1, "fsdp": 1, "tensor": 1}, 16), jax.devices()[:1])
     accumulated = _losses(_config(shard_dir, tmp_path, {"data": 2, "fsdp": 2, "tensor": 2}, 16, grad_accum=4))
     np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
+
+
+def test_splash_kernel_per_shard_matches_xla_on_one_device(shard_dir, tmp_path):
+    """splash (the Pallas kernel, interpreted on CPU) runs per shard of batch and heads under
+    shard_map inside the sharded step, and trains like the XLA reference on one device."""
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}
+    reference = _config(shard_dir, tmp_path, {"data": 1, "fsdp": 1, "tensor": 1}, seq_len=128, **heads)
+    want = _losses(reference, jax.devices()[:1], steps=2)
+    splash = _config(
+        shard_dir, tmp_path, {"data": 2, "fsdp": 2, "tensor": 2}, seq_len=128, attention="splash", **heads
+    )
+    np.testing.assert_allclose(_losses(splash, steps=2), want, rtol=1e-4)

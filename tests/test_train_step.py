@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from train_toy import toy_batch, toy_model
 
 from ipt.train import optim
@@ -146,7 +147,8 @@ def test_z_loss_enters_the_gradient_with_its_weight():
         params = jax.tree.map(jnp.copy, state["params"])  # the step donates the state
 
         def objective(p, w=weight, parts=parts):
-            logits = sp._forward(parts, p, parts.rest, batch)
+            model = nnx.merge(parts.graphdef, p, parts.rest)
+            logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
             ce, zz, count = sp.token_losses(logits, batch["targets"], batch["loss_mask"])
             return (ce + w * zz) / count
 

@@ -8,11 +8,15 @@ one that takes a KV cache; `cudnn` and `splash` are fused kernels for training s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 # Large but finite, so a row with nothing to attend to (padding) gives a finite softmax.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -96,13 +100,53 @@ def _splash_kernel(heads: int, seq: int, sliding_window: int | None, interpret: 
         block_q_dq=block,
         block_kv_dq=block,
     )
-    return kernel.make_splash_mha(
-        masks.MultiHeadMask([head_mask] * heads),
-        block_sizes=sizes,
-        head_shards=1,
-        q_seq_shards=1,
-        interpret=interpret,
-    )
+    # The kernel holds its mask tables as arrays; cached, they must be constants, not tracers of
+    # whichever trace (a shard_map, a platform branch) first asked for the kernel.
+    with jax.ensure_compile_time_eval():
+        return kernel.make_splash_mha(
+            masks.MultiHeadMask([head_mask] * heads),
+            block_sizes=sizes,
+            head_shards=1,
+            q_seq_shards=1,
+            interpret=interpret,
+        )
+
+
+# (logical axis names, shape) -> PartitionSpec on the mesh: how the caller lays activations out.
+SpecFn = Callable[[Sequence[str | None], Sequence[int]], PartitionSpec]
+_KERNEL_LAYOUT: contextvars.ContextVar[tuple[Mesh, SpecFn] | None] = contextvars.ContextVar(
+    "ipt_attention_kernel_layout", default=None
+)
+
+
+@contextlib.contextmanager
+def kernel_layout(mesh: Mesh, spec: SpecFn) -> Iterator[None]:
+    """While tracing under this, the splash kernel runs per shard (`shard_map`) on `mesh`.
+
+    A Pallas kernel is opaque to GSPMD, so a sharded program must hand it local blocks: batch
+    split as `spec` splits the logical `batch` axis, heads as it splits `kv_heads` (query heads
+    follow their KV head, so each shard keeps whole GQA groups), the sequence whole."""
+    token = _KERNEL_LAYOUT.set((mesh, spec))
+    try:
+        yield
+    finally:
+        _KERNEL_LAYOUT.reset(token)
+
+
+def _per_shard(
+    kernel: Callable, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array
+) -> jax.Array:
+    layout = _KERNEL_LAYOUT.get()
+    if layout is None:
+        return kernel(q, k, v, segment_ids)
+    mesh, spec = layout
+    batch = spec(("batch",), q.shape[:1])[0]
+    heads = spec(("kv_heads",), k.shape[2:3])[0]
+    qkv = PartitionSpec(batch, None, heads, None)
+    segments = PartitionSpec(batch, None)
+    return jax.shard_map(
+        kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, segments), out_specs=qkv, check_vma=False
+    )(q, k, v, segment_ids)
 
 
 def splash_attention(
@@ -116,24 +160,28 @@ def splash_attention(
     """Pallas splash attention, a TPU kernel; the sequence length must be a multiple of 128.
 
     By default the kernel is compiled for TPU and, when lowering for CPU, run by the Pallas
-    interpreter (slowly; for tests); `interpret` forces one or the other."""
+    interpreter (slowly; for tests); `interpret` forces one or the other. Under
+    `kernel_layout` it runs on each shard's block of batch and heads."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
 
-    _, s, h, d = q.shape
-    heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, s, h, d] -> [b, h, s, d]
-    q = heads_first(q * jnp.asarray(d**-0.5, q.dtype))
-    k, v = heads_first(k), heads_first(v)
-    segments = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
+    def local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        _, s, h, d = q.shape
+        heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, s, h, d] -> [b, h, s, d]
+        q = heads_first(q * jnp.asarray(d**-0.5, q.dtype))
+        k, v = heads_first(k), heads_first(v)
+        segments = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
 
-    def run(interpreted: bool) -> jax.Array:
-        call = _splash_kernel(h, s, sliding_window, interpreted)
-        return jax.vmap(lambda q1, k1, v1, seg: call(q1, k1, v1, segment_ids=seg))(q, k, v, segments)
+        def run(interpreted: bool) -> jax.Array:
+            call = _splash_kernel(h, s, sliding_window, interpreted)
+            return jax.vmap(lambda q1, k1, v1, seg: call(q1, k1, v1, segment_ids=seg))(q, k, v, segments)
 
-    if interpret is None:
-        out = jax.lax.platform_dependent(tpu=lambda: run(False), cpu=lambda: run(True))
-    else:
-        out = run(interpret)
-    return jnp.swapaxes(out, 1, 2)
+        if interpret is None:
+            out = jax.lax.platform_dependent(tpu=lambda: run(False), cpu=lambda: run(True))
+        else:
+            out = run(interpret)
+        return jnp.swapaxes(out, 1, 2)
+
+    return _per_shard(local, q, k, v, segment_ids)
 
 
 def attend(

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ipt.model.attention import kernel_layout
 from ipt.train.mesh import LogicalRules
 from ipt.train.state import ModelParts, TrainState
 
@@ -32,9 +33,10 @@ def token_losses(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) ->
     return jnp.sum((lse - target_logit) * mask), jnp.sum(jnp.square(lse) * mask), jnp.sum(mask)
 
 
-def _forward(parts: ModelParts, params: dict, rest: Any, batch: Batch) -> jax.Array:
+def _forward(parts: ModelParts, params: dict, rest: Any, batch: Batch, rules: LogicalRules) -> jax.Array:
     model = nnx.merge(parts.graphdef, params, rest)
-    return model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    with kernel_layout(rules.mesh, rules.spec):  # fused attention kernels get per-shard blocks
+        return model(batch["inputs"], batch["positions"], batch["segment_ids"])
 
 
 def _split_micro(batch: Batch, num_micro: int, rules: LogicalRules) -> Batch:
@@ -67,7 +69,7 @@ def make_train_step(
         total = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
 
         def micro_loss(p: dict, mb: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-            ce, zz, _ = token_losses(_forward(parts, p, rest, mb), mb["targets"], mb["loss_mask"])
+            ce, zz, _ = token_losses(_forward(parts, p, rest, mb, rules), mb["targets"], mb["loss_mask"])
             return (ce + z_loss * zz) / total, (ce, zz)
 
         grad_fn = jax.grad(micro_loss, has_aux=True)
@@ -117,7 +119,7 @@ def make_eval_step(parts: ModelParts, rules: LogicalRules, param_shardings: dict
 
     def eval_step(params: dict, batch: Batch, rest: Any) -> tuple[jax.Array, jax.Array]:
         ce, _, count = token_losses(
-            _forward(parts, params, rest, batch), batch["targets"], batch["loss_mask"]
+            _forward(parts, params, rest, batch, rules), batch["targets"], batch["loss_mask"]
         )
         return ce, count
 
