@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("ipt.quickstart:main", "the whole pipeline on the built-in corpus, on CPU"),
-    "synthesize": ("ipt.synth.run:main", "raw text -> read collections (engine: vllm | hf | rules)"),
+    "synthesize": ("ipt.synth.run:main", "raw text -> read collections (engine: vllm | hf | jax | rules)"),
     "cook": ("ipt.cook.run:main", "read collections -> instruction-augmented pre-training text"),
     "tokenize": ("ipt.data.tokenize:main", "text (.jsonl/.parquet/.txt) -> ArrayRecord shards + manifest"),
     "data inspect": ("ipt.data.inspect:main", "print a shard directory's manifest and decode a few records"),

@@ -54,3 +54,34 @@ def test_synthesize_engine_hf_two_rounds_end_to_end(tmp_path, tiny_model, corpus
     assert (stats["pairs"], stats["zero_pair_texts"], stats["inherited_entries"]) == (0, 8, 0)
     assert stats["chains_broken_by_zero_pairs"] == 4
     assert stats["truncated_generations"] == 8  # each output was cut at max_new_tokens without `</END>`
+
+
+def test_jax_engine_generates_the_hf_engines_tokens(tiny_model, corpus_docs, tmp_path):
+    """ipt's own model and decoder run the synthesizer's prompt format: from the HF directory
+    directly and from an imported ipt model directory, greedy tokens equal the hf engine's."""
+    from ipt.model.hf import import_hf
+    from ipt.synth.engines import JAXEngine
+
+    prompts = [wire.reading_part(d["text"][: 40 + 90 * i]) for i, d in enumerate(corpus_docs[:5])]
+    sampling = Sampling(max_new_tokens=12)
+    want = HFEngine(str(tiny_model), batch_size=5, device="cpu").generate(prompts, sampling)
+    ipt_dir = import_hf(tiny_model, tmp_path / "ipt-model")
+    for source in (str(tiny_model), str(ipt_dir)):
+        engine = JAXEngine(source, str(tiny_model), batch_size=3)
+        got = engine.generate(prompts, sampling)
+        assert [g.token_ids for g in got] == [g.token_ids for g in want]
+        assert [(g.text, g.prompt_tokens, g.generated_tokens) for g in got] == [
+            (g.text, g.prompt_tokens, g.generated_tokens) for g in want
+        ]
+
+
+def test_synthesize_engine_jax_writes_what_engine_hf_writes(tmp_path, tiny_model, corpus_docs):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"text": d["text"]}) + "\n" for d in corpus_docs[:6]))
+    outputs = {}
+    for engine in ("hf", "jax"):
+        out = tmp_path / engine
+        args = [f"input={inp}", f"output_dir={out}", f"engine={engine}", f"model={tiny_model}", "rounds=2"]
+        assert main([*args, "max_new_tokens=10", "batch_size=4", "progress=false"]) == 0
+        outputs[engine] = (out / "chunk-000000.jsonl").read_bytes()
+    assert outputs["jax"] == outputs["hf"]

@@ -2,7 +2,9 @@
 
 `vllm` is the production path (offline `vllm.LLM`, one `generate` call per round-batch so vLLM
 schedules continuous batching itself); `hf` runs `transformers` + PyTorch `generate` with left
-padding, for debugging and small runs; `rules` (ipt.synth.rules) mines pairs without an LM.
+padding, for debugging and small runs; `jax` runs ipt's own model and KV-cache decoder (a model
+ipt trained, or any HF Llama/Mistral); `rules` (ipt.synth.rules) mines pairs without an LM.
+Engines import their framework when built, so the synthesis package itself needs none.
 Every engine tokenizes prompts itself *without* adding special tokens (the prompt carries a
 literal `<s>`), and exposes the same tokenizer for the chains' length guard.
 """
@@ -73,6 +75,25 @@ class TokenCounter:
         return cut.rstrip()
 
 
+def _padding_tokenizer(name: str) -> Any:
+    """The HF tokenizer of `name`, padding on the left (prompts end where generation starts)."""
+    from transformers import AutoTokenizer
+
+    from ipt.data.tokenizer import resolve_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_tokenizer(name))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def _by_length(ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of similar length (longest first), so padding stays small."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 class HFEngine(TokenCounter):
     """`transformers` generate, batched with left padding, greedy unless temperature > 0."""
 
@@ -87,15 +108,9 @@ class HFEngine(TokenCounter):
         dtype: str = "auto",
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from ipt.data.tokenizer import resolve_tokenizer
-
-        tok = AutoTokenizer.from_pretrained(resolve_tokenizer(tokenizer or model))
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.unk_token or tok.eos_token
-        super().__init__(tok)
+        super().__init__(_padding_tokenizer(tokenizer or model))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -108,11 +123,9 @@ class HFEngine(TokenCounter):
         import torch
 
         ids = self.encode(prompts)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
         out: list[Generation | None] = [None] * len(ids)
         eos = self.tokenizer.eos_token_id
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in _by_length(ids, self.batch_size):
             enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
             torch.manual_seed(sampling.seed)
             with torch.inference_mode():
@@ -131,6 +144,70 @@ class HFEngine(TokenCounter):
             for i, row in zip(batch, new, strict=True):
                 if eos in row:
                     row = row[: row.index(eos)]
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                out[i] = Generation(text, len(ids[i]), len(row), tuple(row))
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.model = None
+
+
+class JAXEngine(TokenCounter):
+    """ipt's model and jit-compiled KV-cache decoder (`ipt.model.generate`), batched, left-padded.
+
+    `model` is an ipt model directory (`config.yaml` + `params/`, e.g. from `ipt convert` or a
+    training run's export) or a Hugging Face Llama/Mistral directory, imported on load."""
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None = None,
+        *,
+        max_model_len: int = 4096,
+        batch_size: int = 8,
+        pad_to_multiple: int = 64,
+    ) -> None:
+        from pathlib import Path
+
+        from ipt.model.store import CONFIG_FILE, load_model
+
+        super().__init__(_padding_tokenizer(tokenizer or model))
+        if (Path(model) / CONFIG_FILE).exists():
+            self.model = load_model(model)
+        else:
+            import json
+
+            from ipt.model.hf import config_from_hf, import_params
+            from ipt.model.store import model_from_params
+
+            config_path = Path(model) / "config.json"
+            if not config_path.exists():
+                raise FileNotFoundError(f"{model}: neither an ipt model directory nor a Hugging Face one")
+            config = config_from_hf(json.loads(config_path.read_text()), str(config_path))
+            self.model = model_from_params(config, import_params(model, config))
+        self.max_model_len = max_model_len
+        self.batch_size = batch_size
+        self.pad_to_multiple = pad_to_multiple  # fewer distinct prompt widths, fewer compiles
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[Generation]:
+        from ipt.model.generate import generate
+
+        ids = self.encode(prompts)
+        out: list[Generation | None] = [None] * len(ids)
+        eos = self.tokenizer.eos_token_id
+        for batch in _by_length(ids, self.batch_size):
+            rows = generate(
+                self.model,
+                [ids[i] for i in batch],
+                sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                seed=sampling.seed,
+                eos_ids=(eos,),
+                pad_id=self.tokenizer.pad_token_id,
+                pad_to_multiple=self.pad_to_multiple,
+            )
+            for i, row in zip(batch, rows, strict=True):
+                row = row[:-1] if row and row[-1] == eos else row
                 text = self.tokenizer.decode(row, skip_special_tokens=True)
                 out[i] = Generation(text, len(ids[i]), len(row), tuple(row))
         return out  # type: ignore[return-value]

@@ -39,7 +39,7 @@ class SynthesizeConfig(Config):
 
     input: str | list[str] = Field(description="input files or globs (.jsonl[.gz|.zst], .parquet, .txt)")
     output_dir: str = Field(description="where chunk-NNNNNN.jsonl collections and stats go")
-    engine: Literal["vllm", "hf", "rules"] = Field("vllm", description="vllm | hf | rules")
+    engine: Literal["vllm", "hf", "jax", "rules"] = Field("vllm", description="vllm | hf | jax | rules")
     model: str = Field("instruction-pretrain/instruction-synthesizer", description="LM path or hub name")
     tokenizer: str | None = Field(None, description="default: the model's; rules: mistral-v1")
     rounds: int = Field(2, ge=1, description="M: rounds of multi-round synthesis")
@@ -61,7 +61,7 @@ class SynthesizeConfig(Config):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm")
     enable_prefix_caching: bool = Field(True, description="vllm")
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM arguments")
-    batch_size: int = Field(8, ge=1, description="hf: prompts per generate call")
+    batch_size: int = Field(8, ge=1, description="hf, jax: prompts per generate call")
     device: str = Field("auto", description="hf: cpu | cuda | auto")
     progress: bool = True
 
@@ -97,6 +97,10 @@ def make_engine(cfg: SynthesizeConfig) -> Engine:
             device=cfg.device,
             dtype=cfg.dtype,
         )
+    if cfg.engine == "jax":
+        from ipt.synth.engines import JAXEngine
+
+        return JAXEngine(cfg.model, cfg.tokenizer, max_model_len=cfg.max_model_len, batch_size=cfg.batch_size)
     from ipt.synth.engines import VLLMEngine
 
     return VLLMEngine(
