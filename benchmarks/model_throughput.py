@@ -2,8 +2,10 @@
 
 One CPU device, f32, a 58M-parameter Llama (vocab 32000, d 512, 8 layers of 8 heads, SwiGLU
 1376), batch 8 x seq 512. Every step is forward + backward + AdamW update:
-  ipt   the NNX model (stacked layers, lax.scan), `nnx.split` state + `jax.jit`;
-  ipt_loop  the same with `scan_layers: false` (a Python loop over the stacked layers);
+  ipt   the NNX model with its defaults (stacked layers run by lax.scan, `remat:
+        save_all_dots`), `nnx.split` state + `jax.jit`;
+  ipt_loop  the same with `scan_layers: false, remat: none` (a Python loop over the stacked
+        layers, everything saved: the bare step's structure);
   bare  the same architecture as plain functions on a dict of arrays (Python loop over layers,
         no NNX, no scan, no remat), same parameters, same attention masking;
   torch `transformers.LlamaForCausalLM` (eager, sdpa attention), `torch.optim.AdamW`.
@@ -205,7 +207,7 @@ def main() -> None:
 
     ipt_step, ipt_state = ipt_step_fn(create_model(CONFIG, seed=0))
     loop_step, loop_state = ipt_step_fn(
-        create_model(CONFIG.model_copy(update={"scan_layers": False}), seed=0)
+        create_model(CONFIG.model_copy(update={"scan_layers": False, "remat": "none"}), seed=0)
     )
     bare_state = bare_params(ipt_state, CONFIG)
     states = {

@@ -102,7 +102,9 @@ def test_model_created_on_a_mesh_is_sharded_by_the_rules():
     np.testing.assert_allclose(sharded, run(ref, ids, pos, seg), atol=1e-5)
 
 
-@pytest.mark.parametrize(("remat", "scan"), [("full", True), ("save_dots", True), ("full", False)])
+@pytest.mark.parametrize(
+    ("remat", "scan"), [("full", True), ("save_dots", True), ("save_all_dots", True), ("full", False)]
+)
 def test_remat_recomputes_layers_without_changing_gradients(remat, scan):
     ids = np.random.default_rng(1).integers(0, 97, size=(2, 12)).astype(np.int32)
     pos = np.tile(np.arange(12, dtype=np.int32), (2, 1))
@@ -122,9 +124,11 @@ def test_remat_recomputes_layers_without_changing_gradients(remat, scan):
         return "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
 
     assert has_checkpoint(ModelConfig(**TINY, remat=remat, scan_layers=scan))
-    assert not has_checkpoint(ModelConfig(**TINY, scan_layers=scan))
+    assert not has_checkpoint(ModelConfig(**TINY, remat="none", scan_layers=scan))
     for a, b in zip(
-        grads(ModelConfig(**TINY)), grads(ModelConfig(**TINY, remat=remat, scan_layers=scan)), strict=True
+        grads(ModelConfig(**TINY, remat="none")),
+        grads(ModelConfig(**TINY, remat=remat, scan_layers=scan)),
+        strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
@@ -132,7 +136,8 @@ def test_remat_recomputes_layers_without_changing_gradients(remat, scan):
 @pytest.mark.parametrize("scan", [True, False])
 def test_remat_policies_recompute_what_they_say(scan):
     """Matmuls in the compiled gradient: `full` recomputes every layer matmul the backward pass
-    needs, `save_dots` only the attention einsums (batched dots are not saved), `none` nothing."""
+    needs, `save_dots` only the attention einsums (batched dots are not saved), `save_all_dots`
+    and `none` nothing."""
     ids = np.zeros((2, 12), np.int32)
     pos = np.tile(np.arange(12, dtype=np.int32), (2, 1))
 
@@ -142,8 +147,9 @@ def test_remat_policies_recompute_what_they_say(scan):
         return grad.lower(params).compile().as_text().count(" dot(")
 
     base = matmuls("none")
-    recomputed = {remat: matmuls(remat) - base for remat in ("save_dots", "full")}
+    recomputed = {remat: matmuls(remat) - base for remat in ("save_all_dots", "save_dots", "full")}
     layers = 1 if scan else TINY["num_hidden_layers"]  # a scan body is compiled once
+    assert recomputed["save_all_dots"] == 0
     assert recomputed["save_dots"] == 2 * layers  # q.k scores and weights.v per layer
     assert recomputed["full"] > recomputed["save_dots"]
 

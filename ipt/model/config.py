@@ -59,8 +59,9 @@ class ModelConfig(Config):
     dtype: DType | Literal["auto"] = Field(
         "auto", description="compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU"
     )
-    remat: Literal["none", "full", "save_dots"] = Field(
-        "none", description="per-layer rematerialization: none, full, or save matmul outputs"
+    remat: Literal["none", "full", "save_dots", "save_all_dots"] = Field(
+        "save_all_dots",
+        description="per-layer rematerialization: none, full, save_dots (weight matmuls), save_all_dots",
     )
     attention: Literal["xla", "cudnn", "splash"] = Field(
         "xla", description="attention kernel: xla (everywhere), cudnn (NVIDIA GPU), splash (TPU)"

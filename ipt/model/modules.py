@@ -21,9 +21,15 @@ from ipt.model.attention import attend, attention_mask, xla_attention
 from ipt.model.config import ModelConfig
 from ipt.model.rope import apply_rotary, rotary_tables
 
+# What each layer keeps for the backward pass (the rest is recomputed from the layer input):
+# full nothing; save_dots the weight matmuls (attention's batched einsums are redone);
+# save_all_dots every matmul, so only norms, rotary, activations and the softmax are redone. In a
+# scan the kept values are stacked over layers and written out, so keeping the cheap elementwise
+# ones too (`none`) costs more memory and bandwidth than recomputing them.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_all_dots": jax.checkpoint_policies.dots_saveable,
 }
 
 
