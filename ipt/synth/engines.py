@@ -64,6 +64,13 @@ class TokenCounter:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.encode(texts)]
 
+    def _generation(self, prompt_tokens: int, new_ids: list[int]) -> Generation:
+        """New token ids up to (not including) the first eos, decoded as every LM engine decodes."""
+        eos = self.tokenizer.eos_token_id
+        row = new_ids[: new_ids.index(eos)] if eos in new_ids else new_ids
+        text = self.tokenizer.decode(row, skip_special_tokens=True)
+        return Generation(text, prompt_tokens, len(row), tuple(row))
+
     def truncate(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` (cut at a token boundary) of at most `max_tokens` tokens."""
         ids = self.encode([text])[0]
@@ -142,10 +149,7 @@ class HFEngine(TokenCounter):
                 )
             new = gen[:, enc["input_ids"].shape[1] :].tolist()
             for i, row in zip(batch, new, strict=True):
-                if eos in row:
-                    row = row[: row.index(eos)]
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                out[i] = Generation(text, len(ids[i]), len(row), tuple(row))
+                out[i] = self._generation(len(ids[i]), row)
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -207,9 +211,7 @@ class JAXEngine(TokenCounter):
                 pad_to_multiple=self.pad_to_multiple,
             )
             for i, row in zip(batch, rows, strict=True):
-                row = row[:-1] if row and row[-1] == eos else row
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                out[i] = Generation(text, len(ids[i]), len(row), tuple(row))
+                out[i] = self._generation(len(ids[i]), row)
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
