@@ -55,3 +55,57 @@ def bpe_tokenizer_dir(tmp_path_factory, corpus_docs) -> Path:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     ).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, mistral_tokenizer_dir, corpus_docs) -> dict[str, Path]:
+    """The tiny Mistral briefly trained (40 steps) on the built-in corpus, with the Mistral v1
+    tokenizer: its run directory, held-out shards, and its final step as an ipt model directory
+    and as a Hugging Face export (tokenizer included). Shared by the evaluation tests."""
+    import yaml
+    from shards import write_corpus_source
+
+    from ipt.config import load_config
+    from ipt.model import hf
+    from ipt.model.store import save_model_dir
+    from ipt.train.config import TrainConfig
+    from ipt.train.run import main as train_main
+
+    root = tmp_path_factory.mktemp("trained-tiny")
+    texts = [d["text"] for d in corpus_docs]
+    write_corpus_source(root / "train", mistral_tokenizer_dir, texts[:400])
+    write_corpus_source(root / "heldout", mistral_tokenizer_dir, texts[-30:])
+    repo = Path(__file__).resolve().parents[1]
+    cfg = {
+        "run_dir": str(root / "run"),
+        "model": {"base": str(repo / "configs" / "model" / "tiny.yaml")},
+        "data": {
+            "sources": [{"name": "corpus", "path": str(root / "train")}],
+            "seq_len": 128,
+            "batch_size": 8,
+        },
+        "steps": 40,
+        "optimizer": {"schedule": {"kind": "cosine", "peak_lr": 3.0e-3, "warmup_steps": 5}},
+        "checkpoint": {"every": 20, "keep": 3},
+        "metrics": {"progress_bar": False, "tensorboard": False},
+    }
+    (root / "train.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(root / "train.yaml")]) == 0
+    import jax
+
+    from ipt.eval.load import load_for_eval
+    from ipt.train.mesh import LogicalRules, MeshConfig, make_mesh
+
+    mesh_cfg = MeshConfig(axes={"data": 1, "fsdp": 1, "tensor": 1})
+    rules = LogicalRules(mesh_cfg.rules, make_mesh(mesh_cfg, jax.devices()[:1]))
+    loaded = load_for_eval(root / "run", rules)
+    config = load_config(TrainConfig, root / "train.yaml").model
+    save_model_dir(root / "model", config, loaded.params)
+    hf.export_hf(config, loaded.params, root / "hf", dtype="float32", tokenizer_dir=mistral_tokenizer_dir)
+    return {
+        "run": root / "run",
+        "model": root / "model",
+        "hf": root / "hf",
+        "heldout": root / "heldout",
+        "tokenizer": mistral_tokenizer_dir,
+    }

@@ -102,11 +102,13 @@ def generate(
     eos_ids: Sequence[int] | None = None,
     pad_id: int | None = None,
     pad_to_multiple: int = 1,
+    input_sharding: jax.sharding.Sharding | None = None,
 ) -> list[list[int]]:
     """Continue each prompt (a list of token ids); returns the new tokens, eos included.
 
     Greedy when `temperature` is 0. `eos_ids` defaults to the config's; `pad_to_multiple`
-    rounds the padded prompt length up so that varied prompts share compiled programs."""
+    rounds the padded prompt length up so that varied prompts share compiled programs;
+    `input_sharding` places the prompts (e.g. replicated over a multi-host mesh)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
     config = model.config
@@ -119,11 +121,18 @@ def generate(
         tokens[row, width - len(prompt) :] = prompt
         real[row, width - len(prompt) :] = True
     graphdef, state = nnx.split(model)
+    if input_sharding is None:
+        tokens, real = jnp.asarray(tokens), jnp.asarray(real)
+    else:
+        tokens, real = (
+            jax.make_array_from_callback(a.shape, input_sharding, lambda idx, a=a: a[idx])
+            for a in (tokens, real)
+        )
     out, _ = _decode(
         graphdef,
         state,
-        jnp.asarray(tokens),
-        jnp.asarray(real),
+        tokens,
+        real,
         jax.random.key(seed),
         max_new_tokens=max_new_tokens,
         eos_ids=eos,

@@ -1,0 +1,1 @@
+"""Evaluation: scoring ipt models on general (lm-eval) and domain-specific (AdaptLLM) tasks."""
