@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model info": ("ipt.model.info:main", "parameter count and FLOPs per token of a model config"),
     "convert": ("ipt.model.convert:main", "Hugging Face <-> ipt checkpoints (import | export)"),
     "train": ("ipt.train.run:main", "train on a device mesh; resumes from the run directory"),
+    "eval": (
+        "ipt.eval.run:main",
+        "score a model: lm-eval tasks (paper = the nine), domain tasks, bits-per-byte",
+    ),
     "compile": (
         "ipt.train.aot:main",
         "compile the train step for a TPU slice (AOT) and print its memory fit",

@@ -1,7 +1,8 @@
 """`ipt quickstart`: every stage of the pipeline on the built-in corpus, on CPU, in minutes.
 
 synthesize (rules engine, M=2) -> cook -> tokenize (raw and augmented text) -> train the tiny
-model on a raw + instruction-augmented mixture -> generate from it -> REPORT.md. Each stage is
+model on a raw + instruction-augmented mixture -> generate from it -> score it on the paper's
+nine tasks (`ipt eval`) -> REPORT.md. Each stage is
 called exactly as its command would be, through its typed config, so the quickstart doubles
 as a worked example. Rerunning resumes: finished stages are skipped by their own markers.
 """
@@ -37,6 +38,9 @@ class QuickstartConfig(Config):
     rounds: int = Field(2, ge=1, description="M: rounds of multi-round synthesis")
     seed: int = 0
     prompt: str = Field("The for statement in Python", description="what the trained model continues")
+    eval_limit: int = Field(
+        40, ge=0, description="documents per task (per MMLU subject) for the nine-task table; 0 skips it"
+    )
 
 
 def _say(message: str) -> None:
@@ -88,6 +92,35 @@ def _generate_sample(train_cfg, prompt: str) -> str:
     ids = tok(prompt)["input_ids"]
     new = generate(model, [ids], max_new_tokens=48, eos_ids=[tok.eos_token_id])[0]
     return tok.decode(ids + new, skip_special_tokens=True)
+
+
+def _evaluate(train_cfg, cfg: QuickstartConfig, out: Path) -> list[str]:
+    """The paper's nine zero-shot tasks on the trained model (`ipt eval`), as report lines."""
+    from ipt.eval.run import EvalConfig, build_lm, collect, write_output
+
+    eval_cfg = EvalConfig(
+        model=train_cfg.run_dir,
+        tasks=["paper"],
+        limit=cfg.eval_limit,
+        max_length=train_cfg.data.seq_len,
+        output=str(out),
+    )
+    report = collect(build_lm(eval_cfg), eval_cfg)
+    write_output(out, report, log_samples=False)
+    core = report["core"]
+    return [
+        f"Zero-shot, the first {cfg.eval_limit} documents of each task (of each MMLU subject), scored by "
+        f"`ipt eval` through lm-eval (full tables: `{out / 'results.md'}`). A model this small, "
+        "trained for minutes, scores near chance: a centered accuracy near 0 is the expected result.",
+        "",
+        "| task | metric | accuracy | chance | centered |",
+        "|---|---|---:|---:|---:|",
+        *(
+            f"| {t} | {r['metric']} | {r['accuracy']:.3f} | {r['chance']:.3f} | {r['centered']:+.3f} |"
+            for t, r in core["tasks"].items()
+        ),
+        f"| **CORE** (mean) | | | | **{core['core']:+.3f}** |",
+    ]
 
 
 def _render_collection(entries: list[dict]) -> str:
@@ -151,6 +184,10 @@ def quickstart(cfg: QuickstartConfig) -> int:
         return code
     _say("generate from the trained model")
     sample = _generate_sample(train_cfg, cfg.prompt)
+    scores = ["skipped (eval_limit=0)"]
+    if cfg.eval_limit:
+        _say(f"evaluate on the paper's nine tasks (first {cfg.eval_limit} documents each) -> {run / 'eval'}")
+        scores = _evaluate(train_cfg, cfg, run / "eval")
 
     records = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -198,6 +235,10 @@ def quickstart(cfg: QuickstartConfig) -> int:
             "```text",
             sample,
             "```",
+            "",
+            "## 6. The paper's nine general tasks",
+            "",
+            *scores,
             "",
         ]
     )

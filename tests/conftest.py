@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+for _offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_offline, "1")  # every test runs without the hub
+
 CORPUS = Path(__file__).resolve().parents[1] / "ipt" / "assets" / "corpus.jsonl.gz"
 
 
@@ -104,6 +107,8 @@ def trained_tiny(tmp_path_factory, mistral_tokenizer_dir, corpus_docs) -> dict[s
     hf.export_hf(config, loaded.params, root / "hf", dtype="float32", tokenizer_dir=mistral_tokenizer_dir)
     return {
         "run": root / "run",
+        "train_config": root / "train.yaml",
+        "train": root / "train",
         "model": root / "model",
         "hf": root / "hf",
         "heldout": root / "heldout",

@@ -75,7 +75,7 @@ def read_metrics(run_dir: Path) -> dict[int, dict]:
 def reference(tmp_path_factory, shards) -> Path:
     """One uninterrupted 30-step run, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("reference")
-    cfg = write_config(tmp / "train.yaml", shards, tmp / "run", eval_every=15, eval_batches=2)
+    cfg = write_config(tmp / "train.yaml", shards, tmp / "run", eval={"every": 15, "batches": 2})
     assert train_main(["--config", str(cfg)]) == 0
     return tmp / "run"
 
@@ -99,7 +99,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(reference, shards, tmp_pa
     """Steps 1..k of the interrupted run (a fresh process, same config) check determinism;
     steps k+1..n after the resume check exact resumption of the model and the data iterator."""
     run_dir = tmp_path / "run"
-    cfg = write_config(tmp_path / "train.yaml", shards, run_dir, eval_every=15, eval_batches=2)
+    cfg = write_config(tmp_path / "train.yaml", shards, run_dir, eval={"every": 15, "batches": 2})
     cmd = [sys.executable, "-m", "ipt.cli", "train", "--config", str(cfg)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from ipt.config import ConfigError, load_config
 from ipt.eval.scorer import param_shardings
 from ipt.model import ModelConfig
+from ipt.train.config import TrainConfig
 from ipt.train.mesh import LogicalRules
 
 
@@ -82,9 +83,6 @@ def _load_hf(path: Path, rules: LogicalRules, runtime: dict) -> LoadedModel:
 
 
 def _load_run(path: Path, rules: LogicalRules, step: int | None, runtime: dict) -> LoadedModel:
-    from ipt.data.records import read_manifest
-    from ipt.train.config import TrainConfig
-
     try:
         run = load_config(TrainConfig, path / "config.yaml")
     except ConfigError as e:
@@ -99,13 +97,46 @@ def _load_run(path: Path, rules: LogicalRules, step: int | None, runtime: dict) 
     elif step not in steps:
         raise ModelLoadError(f"{path}: no checkpoint for step {step}; saved steps: {steps}")
     params = _restore(directory / str(step) / "state", config, rules, partial=True)
-    tokenizer = vocab = None
+    tokenizer, vocab = training_tokenizer(run)
+    return LoadedModel(config, params, f"{path.name}-step{step}", tokenizer, vocab)
+
+
+def training_tokenizer(run: TrainConfig) -> tuple[str | None, str | None]:
+    """The tokenizer name and vocabulary hash in the manifest of a run's first data source
+    (None, None when the data has moved: the caller must then name the tokenizer)."""
+    from ipt.data.records import read_manifest
+
     try:
         manifest = read_manifest(run.data.sources[0].path)
-        tokenizer, vocab = manifest.tokenizer.name, manifest.tokenizer.vocab_hash
     except (FileNotFoundError, ValueError):
-        pass  # the training data moved: the caller must name the tokenizer
-    return LoadedModel(config, params, f"{path.name}-step{step}", tokenizer, vocab)
+        return None, None
+    return manifest.tokenizer.name, manifest.tokenizer.vocab_hash
+
+
+def checked_tokenizer(spec: str | None, config: ModelConfig, expected_hash: str | None, where: str):
+    """Load the tokenizer `spec` and refuse one that cannot be this model's: more tokens than
+    the model's vocabulary, or a vocabulary other than the one the model was trained with."""
+    from ipt.data.tokenizer import load_tokenizer, vocab_hash
+
+    if spec is None:
+        raise ModelLoadError(f"{where}: no tokenizer came with this model; set tokenizer=NAME_OR_DIR")
+    try:
+        tokenizer = load_tokenizer(spec)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"tokenizer={spec}: cannot be loaded ({e})") from None
+    if len(tokenizer) > config.vocab_size:
+        raise ModelLoadError(
+            f"tokenizer {spec} has {len(tokenizer)} tokens but the model's vocabulary holds "
+            f"{config.vocab_size}: it is not this model's tokenizer"
+        )
+    if expected_hash is not None and vocab_hash(tokenizer) != expected_hash:
+        raise ModelLoadError(
+            f"tokenizer {spec} differs from the one the model was trained with (vocabulary hash "
+            f"{vocab_hash(tokenizer)[:12]} vs {expected_hash[:12]} in the training data's manifest)"
+        )
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"tokenizer {spec} has no eos token; lm-eval needs one as end-of-text")
+    return tokenizer
 
 
 def _finished_steps(directory: Path) -> list[int]:

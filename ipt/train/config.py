@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ipt.config import Config
 from ipt.data.pipeline import DataConfig
@@ -31,6 +31,29 @@ class InitConfig(Config):
         return self
 
 
+class TrainEvalConfig(Config):
+    """Evaluation during training: held-out loss on `data.eval_sources` and lm-eval tasks."""
+
+    every: int | None = Field(None, gt=0, description="evaluate every N steps (null: never)")
+    batches: int | None = Field(None, gt=0, description="cap on held-out loss batches per eval source")
+    tasks: list[str] = Field(
+        default_factory=list, description="lm-eval tasks scored at each eval (e.g. paper)"
+    )
+    limit: float | None = Field(None, gt=0, description="documents per task (a fraction if below 1)")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples (default: each task's own)")
+    include_path: str | None = Field(None, description="a directory of your own lm-eval task YAMLs")
+    tokenizer: str | None = Field(None, description="default: the tokenizer of data.sources[0]")
+    max_length: int | None = Field(
+        None, gt=1, description="tokens per scoring request (default: data.seq_len)"
+    )
+    batch_rows: int = Field(8, gt=0, description="rows per scoring call (a multiple of the batch shards)")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
 class CompileConfig(Config):
     """Ahead-of-time compilation for a TPU slice (`ipt compile`)."""
 
@@ -55,8 +78,7 @@ class TrainConfig(Config):
         "stop", description="a step with NaN/Inf gradients: skip it, or stop with a checkpoint"
     )
     max_skipped_in_a_row: int = Field(10, gt=0, description="skip policy: stop after this many in a row")
-    eval_every: int | None = Field(None, gt=0, description="eval loss on data.eval_sources every N steps")
-    eval_batches: int | None = Field(None, gt=0, description="cap on batches per eval source (null: all)")
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
     distributed: Literal["auto", "on", "off"] = Field(
         "auto", description="call jax.distributed.initialize(); auto: when a multi-host launcher is detected"
     )

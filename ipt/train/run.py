@@ -119,7 +119,10 @@ def train(cfg: TrainConfig) -> int:
     try:
         trainer = Trainer(cfg)
         data_iter = make_batch_iterator(cfg.data)
-    except (ValueError, FileNotFoundError) as e:  # a config that cannot run: say why, no traceback
+        eval_fn = None
+        if cfg.eval.every and (cfg.data.eval_sources or cfg.eval.tasks):
+            eval_fn = make_eval_fn(cfg, trainer, make_eval_iterators)
+    except (ValueError, FileNotFoundError) as e:  # a config that cannot run (an unknown eval task...)
         return fail(str(e), 2)
     checkpointer = Checkpointer(cfg.checkpoint.directory or run_dir / "checkpoints", cfg.checkpoint)
     data_state = None
@@ -135,9 +138,6 @@ def train(cfg: TrainConfig) -> int:
             data_iter.set_state(data_state)
         log.info("resumed from %s at step %d", checkpointer.directory, step)
 
-    eval_fn = None
-    if cfg.eval_every and cfg.data.eval_sources:
-        eval_fn = make_eval_fn(cfg, trainer, make_eval_iterators)
     peak, peak_source = total_peak_flops(jax.devices(), cfg.metrics.peak_flops)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     throughput = Throughput(tokens_per_step, flops_per_token(cfg.model, cfg.data.seq_len), peak)
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig) -> int:
         throughput=throughput,
         total_steps=cfg.steps,
         log_every=cfg.metrics.log_every,
-        eval_every=cfg.eval_every,
+        eval_every=cfg.eval.every,
         nonfinite=cfg.nonfinite,
         max_skipped_in_a_row=cfg.max_skipped_in_a_row,
     )
@@ -175,18 +175,24 @@ def train(cfg: TrainConfig) -> int:
 
 
 def make_eval_fn(cfg: TrainConfig, trainer: Trainer, make_eval_iterators):
-    """params -> {eval/<source>/loss: mean cross-entropy over the held-out tokens}."""
+    """params -> {eval/<source>/loss: mean cross-entropy over the held-out tokens} and, with
+    `eval.tasks`, lm-eval's scores as eval/<task>/<metric> (ipt.eval.during_training)."""
     from ipt.train.loop import to_global
 
     eval_step = make_eval_step(trainer.parts, trainer.rules, trainer.shardings["params"])
     sharding = trainer.rules.batch_sharding()
+    tasks = None
+    if cfg.eval.tasks:
+        from ipt.eval.during_training import TaskEvaluator
+
+        tasks = TaskEvaluator(cfg, trainer.rules, trainer.abstract["params"])
 
     def evaluate(params: dict) -> dict[str, float]:
-        out = {}
+        out = {} if tasks is None else tasks(params)
         for name, iterator in make_eval_iterators(cfg.data).items():
             total_ce = total_count = 0.0
             for i, batch in enumerate(iterator):
-                if cfg.eval_batches is not None and i >= cfg.eval_batches:
+                if cfg.eval.batches is not None and i >= cfg.eval.batches:
                     break
                 ce, count = jax.device_get(eval_step(params, to_global(batch, sharding), trainer.parts.rest))
                 total_ce, total_count = total_ce + float(ce), total_count + float(count)
