@@ -129,3 +129,55 @@ def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(
     refuses([run, "tasks=arc_easy", "limit=2", f"output={out}"], capsys, "cannot be reached", "tasks=paper")
     refuses([run], capsys, "nothing to evaluate")
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_domain_multiple_choice_matches_torch_on_the_exported_model(trained_tiny):
+    """The domain scorer on ipt's JAX model picks by the mean answer-token NLL that PyTorch
+    computes directly on the HF export of the same weights (real MedQA items)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ipt.eval.domain import evaluate_domain_task
+    from ipt.eval.domain_tasks import read_domain_tasks, resolve_domain_task
+
+    mesh_cfg = MeshConfig(axes={"data": 1, "fsdp": 1, "tensor": 1})
+    rules = LogicalRules(mesh_cfg.rules, make_mesh(mesh_cfg, jax.devices()[:1]))
+    loaded = load_for_eval(trained_tiny["model"], rules)
+    scorer = Scorer(loaded.config, loaded.params, ScorerConfig(max_length=1024, mesh=mesh_cfg), rules)
+    tok = AutoTokenizer.from_pretrained(trained_tiny["tokenizer"])
+    task = read_domain_tasks(resolve_domain_task("medqa_en"))
+    result = evaluate_domain_task(task, scorer, tok, max_length=1024, limit=5)
+    torch_model = AutoModelForCausalLM.from_pretrained(trained_tiny["hf"], dtype=torch.float32).eval()
+    for item, sample in zip(task.items[:5], result.samples, strict=True):
+        prompt_len = 1 + len(tok.encode(item.input, add_special_tokens=False))
+        expected = []
+        for option in item.options:
+            ids = [tok.bos_token_id, *tok.encode(f"{item.input} {option}", add_special_tokens=False)]
+            with torch.no_grad():
+                logits = torch_model(torch.tensor([ids])).logits[0]
+            expected.append(
+                float(F.cross_entropy(logits[prompt_len - 1 : -1], torch.tensor(ids[prompt_len:])))
+            )
+        np.testing.assert_allclose(sample["nll"], expected, atol=1e-4)
+        assert sample["prediction"] == int(np.argmin(expected))
+
+
+def test_lm_eval_builds_the_registered_ipt_model_from_its_arguments(trained_tiny):
+    """`simple_evaluate(model="ipt", model_args=...)`, as lm-eval's own entry points call it."""
+    import lm_eval
+
+    import ipt.eval.harness  # noqa: F401  (registers the `ipt` model class)
+    from ipt.eval.run import task_manager
+
+    out = lm_eval.simple_evaluate(
+        model="ipt",
+        model_args=f"pretrained={trained_tiny['run']},step=20,max_length=256",
+        tasks=["paper_piqa"],
+        limit=2,
+        batch_size=4,
+        task_manager=task_manager(None, ["paper_piqa"]),
+        bootstrap_iters=0,
+    )
+    assert out["results"]["paper_piqa"]["acc,none"] in (0.0, 0.5, 1.0)
+    assert out["config"]["model"] in ("ipt", "IptLM")

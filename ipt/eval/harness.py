@@ -74,7 +74,8 @@ class IptLM(TemplateLM):
 
         args = {**arg_dict, **{k: v for k, v in (additional_config or {}).items() if v is not None}}
         args["model"] = args.pop("pretrained")
-        args.pop("device", None)
+        args.pop("device", None)  # the mesh decides where scoring runs
+        args.pop("max_batch_size", None)
         batch = args.pop("batch_size", None)
         if batch not in (None, "auto"):
             args["batch_rows"] = int(batch)

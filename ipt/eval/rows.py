@@ -5,8 +5,10 @@ request goes to a row no wider than the smallest bucket that holds it (buckets a
 two up to `max_length`), and shorter requests fill the room left in wider rows (best-fit
 decreasing), each as its own segment: `segment_ids` keep packed requests from attending to
 each other and positions restart at 0, so a request's score does not depend on its row.
-Rows of one width are then cut into batches of `batch_rows`, so a whole task compiles at most
-one program per bucket width.
+Only scored positions reach the LM head: a row of width w has room for `target_slots(w)`
+targets (a share of w, all of it in the widest bucket), and a request whose targets do not fit
+its bucket's slots moves up a bucket. Rows of one width are cut into batches of `batch_rows`,
+so a whole task compiles at most one program per bucket width.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-ROW_KEYS = ("inputs", "targets", "positions", "segment_ids", "target_mask")
+TOKEN_KEYS = ("inputs", "positions", "segment_ids")  # [rows, width]
+TARGET_KEYS = ("target_index", "target_ids", "target_segment")  # [rows, target slots]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +47,32 @@ def window(context: Sequence[int], continuation: Sequence[int], max_length: int)
     return Request(tokens, len(continuation))
 
 
-def bucket_widths(max_length: int, min_width: int = 32) -> list[int]:
+def bucket_widths(max_length: int, min_width: int = 32) -> tuple[int, ...]:
     """Powers of two from `min_width` below `max_length`, then `max_length` itself."""
     widths = []
     width = min_width
     while width < max_length:
         widths.append(width)
         width *= 2
-    return [*widths, max_length]
+    return (*widths, max_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """Row widths, and how many scored positions (targets) each width has room for."""
+
+    widths: tuple[int, ...]
+    target_share: float = 0.5
+
+    def slots(self, width: int) -> int:
+        return width if width == self.widths[-1] else max(1, int(width * self.target_share))
+
+    def fit(self, length: int, targets: int) -> int:
+        """The narrowest width that holds `length` tokens and `targets` targets."""
+        for width in self.widths:
+            if width >= length and self.slots(width) >= targets:
+                return width
+        raise ValueError(f"request of {length} tokens exceeds the widest bucket ({self.widths[-1]})")
 
 
 @dataclasses.dataclass
@@ -59,51 +80,66 @@ class Row:
     width: int
     members: list[int]
     free: int
+    free_targets: int
 
 
 def plan_rows(
-    lengths: Sequence[int], widths: Sequence[int], max_segments: int, pack: bool = True
+    lengths: Sequence[int],
+    targets: Sequence[int],
+    buckets: Buckets,
+    max_segments: int,
+    pack: bool = True,
+    candidates: int = 8,
 ) -> list[Row]:
     """Best-fit decreasing: each request (longest first) joins the open row with the least room
-    that still fits it (and has a free segment), else opens a row of its smallest bucket."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    that still fits its tokens and targets (among the `candidates` tightest), else opens a row
+    of its narrowest bucket."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], -targets[i], i))
     rows: list[Row] = []
     open_free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
     for i in order:
-        n = lengths[i]
-        if n > widths[-1]:
-            raise ValueError(f"request of {n} tokens exceeds the widest bucket ({widths[-1]})")
-        slot = bisect.bisect_left(open_free, (n, -1)) if pack else len(open_free)
-        if slot < len(open_free):
-            _, r = open_free.pop(slot)
-            row = rows[r]
-        else:
+        n, t = lengths[i], targets[i]
+        width = buckets.fit(n, t)
+        r = None
+        if pack:
+            start = bisect.bisect_left(open_free, (n, -1))
+            for slot in range(start, min(start + candidates, len(open_free))):
+                if rows[open_free[slot][1]].free_targets >= t:
+                    r = open_free.pop(slot)[1]
+                    break
+        if r is None:
             r = len(rows)
-            width = widths[bisect.bisect_left(widths, n)]
-            row = Row(width, [], width)
-            rows.append(row)
+            rows.append(Row(width, [], width, buckets.slots(width)))
+        row = rows[r]
         row.members.append(i)
         row.free -= n
-        if pack and row.free > 0 and len(row.members) < max_segments:
+        row.free_targets -= t
+        if pack and row.free > 0 and row.free_targets > 0 and len(row.members) < max_segments:
             bisect.insort(open_free, (row.free, r))
     return rows
 
 
-def fill_rows(rows: Sequence[Row], requests: Sequence[Request], width: int) -> dict[str, np.ndarray]:
-    """Arrays [len(rows), width] for the model; segment k of a row (1-based) is its k-th member."""
-    out = {k: np.zeros((len(rows), width), np.int32) for k in ROW_KEYS}
+def fill_rows(
+    rows: Sequence[Row], requests: Sequence[Request], width: int, slots: int
+) -> dict[str, np.ndarray]:
+    """Token arrays [len(rows), width] and target arrays [len(rows), slots]: each target's position
+    in its row, its token id and its segment (segment k of a row, 1-based, is its k-th member;
+    unused slots have segment 0)."""
+    out = {k: np.zeros((len(rows), width), np.int32) for k in TOKEN_KEYS}
+    out.update({k: np.zeros((len(rows), slots), np.int32) for k in TARGET_KEYS})
     for r, row in enumerate(rows):
-        at = 0
+        at = used = 0
         for k, i in enumerate(row.members, start=1):
             req = requests[i]
-            n = req.length
-            span = slice(at, at + n)
-            out["inputs"][r, span] = req.tokens[:-1]
-            out["targets"][r, span] = req.tokens[1:]
-            out["positions"][r, span] = np.arange(n)
-            out["segment_ids"][r, span] = k
-            out["target_mask"][r, at + n - req.num_targets : at + n] = 1
+            n, t = req.length, req.num_targets
+            out["inputs"][r, at : at + n] = req.tokens[:-1]
+            out["positions"][r, at : at + n] = np.arange(n)
+            out["segment_ids"][r, at : at + n] = k
+            out["target_index"][r, used : used + t] = np.arange(at + n - t, at + n)
+            out["target_ids"][r, used : used + t] = req.tokens[-t:]
+            out["target_segment"][r, used : used + t] = k
             at += n
+            used += t
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -31,6 +32,8 @@ from ipt.model.generate import generate
 from ipt.model.modules import abstract_model
 from ipt.train.mesh import LogicalRules, MeshConfig, make_mesh
 
+log = logging.getLogger(__name__)
+
 _SCORE, _GENERATE, _STOP = 1, 2, 3
 _HEADER = 4  # command, rows, width, max_new_tokens
 
@@ -45,6 +48,9 @@ class ScorerConfig(Config):
     min_width: int = Field(64, gt=0, description="narrowest bucket; buckets double up to max_length")
     pack: bool = Field(True, description="pack several short requests into one row (segment ids)")
     max_segments: int = Field(16, gt=0, description="most requests packed into one row")
+    target_share: float = Field(
+        0.5, gt=0, le=1, description="scored positions per row, as a share of its width (the widest: all)"
+    )
     mesh: MeshConfig = Field(default_factory=MeshConfig)
 
 
@@ -77,14 +83,15 @@ def param_shardings(config: ModelConfig, rules: LogicalRules) -> dict:
 
 
 def segment_scores(
-    logits: jax.Array, targets: jax.Array, segment_ids: jax.Array, target_mask: jax.Array, num_segments: int
+    logits: jax.Array, target_ids: jax.Array, target_segment: jax.Array, num_segments: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per (row, segment k = 1..num_segments): summed target log-prob, target count, all-argmax."""
+    """Logits at the target slots [rows, slots, vocab] -> per (row, segment k = 1..num_segments):
+    summed target log-prob, target count, whether every target was the argmax."""
     logits = logits.astype(jnp.float32)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    target_logit = jnp.take_along_axis(logits, target_ids[..., None], axis=-1)[..., 0]
     logprob = target_logit - jax.nn.logsumexp(logits, axis=-1)
-    is_argmax = jnp.argmax(logits, axis=-1) == targets
-    member = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & (target_mask[..., None] > 0)
+    is_argmax = jnp.argmax(logits, axis=-1) == target_ids
+    member = target_segment[..., None] == jnp.arange(1, num_segments + 1)
     summed = jnp.sum(jnp.where(member, logprob[..., None], 0.0), axis=1)
     count = jnp.sum(member, axis=1, dtype=jnp.int32)
     greedy = ~jnp.any(member & ~is_argmax[..., None], axis=1)
@@ -104,15 +111,23 @@ class Scorer:
     ):
         self.config = config
         self.eos_ids = tuple(config.eos_ids if eos_ids is None else eos_ids)
+        shards = rules.batch_shards
+        if cfg.batch_rows % shards:  # every device gets whole rows
+            rounded = -(-cfg.batch_rows // shards) * shards
+            log.info(
+                "batch_rows=%d rounded up to %d, a multiple of the mesh's %d batch shards",
+                cfg.batch_rows,
+                rounded,
+                shards,
+            )
+            cfg = cfg.model_copy(update={"batch_rows": rounded})
         self.cfg = cfg
         self.rules = rules
-        if cfg.batch_rows % rules.batch_shards:
-            raise ValueError(
-                f"batch_rows={cfg.batch_rows} must be a multiple of the {rules.batch_shards} ways "
-                f"the mesh splits the batch ({dict(rules.mesh.shape)})"
-            )
         min_width = max(cfg.min_width, 128) if config.attention == "splash" else cfg.min_width
-        self.widths = rowlib.bucket_widths(cfg.max_length, min(min_width, cfg.max_length))
+        self.buckets = rowlib.Buckets(
+            rowlib.bucket_widths(cfg.max_length, min(min_width, cfg.max_length)), cfg.target_share
+        )
+        self.widths = self.buckets.widths
         graphdef, _, rest = nnx.split(abstract_model(config), nnx.Param, ...)
         self._parts = _Parts(graphdef, rest)
         self.params = params
@@ -132,10 +147,13 @@ class Scorer:
             self.compilations += 1  # runs once per trace
             model = nnx.merge(parts.graphdef, params, parts.rest)
             with kernel_layout(rules.mesh, rules.spec):
-                logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-            return segment_scores(logits, batch["targets"], batch["segment_ids"], batch["target_mask"], k)
+                hidden = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+            at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)
+            logits = model.head(at_targets)  # only the scored positions reach the LM head
+            return segment_scores(logits, batch["target_ids"], batch["target_segment"], k)
 
-        batch_sharding = {key: rules.batch_sharding() for key in rowlib.ROW_KEYS}
+        keys = rowlib.TOKEN_KEYS + rowlib.TARGET_KEYS
+        batch_sharding = {key: rules.batch_sharding() for key in keys}
         shardings = jax.tree.map(lambda a: a.sharding, self.params)
         return jax.jit(score, in_shardings=(shardings, batch_sharding), out_shardings=rules.replicated())
 
@@ -154,11 +172,15 @@ class Scorer:
         self, windows: Sequence[rowlib.Request], progress: Callable[[int], None] | None = None
     ) -> list[Score]:
         plan = rowlib.plan_rows(
-            [w.length for w in windows], self.widths, self.cfg.max_segments, pack=self.cfg.pack
+            [w.length for w in windows],
+            [w.num_targets for w in windows],
+            self.buckets,
+            self.cfg.max_segments,
+            pack=self.cfg.pack,
         )
         out: list[Score | None] = [None] * len(windows)
         for width, group in rowlib.batches(plan, self.cfg.batch_rows):
-            arrays = rowlib.fill_rows(group, windows, width)
+            arrays = rowlib.fill_rows(group, windows, width, self.buckets.slots(width))
             arrays = {k: _pad_rows(v, self.cfg.batch_rows) for k, v in arrays.items()}
             summed, count, greedy = self._call(_SCORE, arrays, width=width)
             for r, row in enumerate(group):
@@ -223,9 +245,15 @@ class Scorer:
             command, rows, width, max_new = (int(x) for x in header)
             if command == _STOP:
                 return
-            keys = rowlib.ROW_KEYS if command == _SCORE else ("tokens", "real")
-            dtypes = {"real": np.bool_}
-            template = {k: np.zeros((rows, width), dtypes.get(k, np.int32)) for k in keys}
+            if command == _SCORE:
+                slots = self.buckets.slots(width)
+                template = {k: np.zeros((rows, width), np.int32) for k in rowlib.TOKEN_KEYS}
+                template.update({k: np.zeros((rows, slots), np.int32) for k in rowlib.TARGET_KEYS})
+            else:
+                template = {
+                    "tokens": np.zeros((rows, width), np.int32),
+                    "real": np.zeros((rows, width), bool),
+                }
             self._execute(command, multihost_utils.broadcast_one_to_all(template), max_new)
 
     def stop(self) -> None:

@@ -78,7 +78,7 @@ class LMHead(nnx.Module):
         self.weight = _param(rngs, config, (config.hidden_size, config.vocab_size), ("embed", "vocab"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("bse,ev->bsv", x, self.weight[...].astype(x.dtype))
+        return jnp.einsum("...e,ev->...v", x, self.weight[...].astype(x.dtype))
 
 
 class Projection(nnx.Module):
@@ -179,6 +179,20 @@ class CausalLM(nnx.Module):
         logits, _ = self.forward(input_ids, positions, segment_ids)
         return logits
 
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final-norm hidden states [..., embed] -> float32 logits [..., vocab] (tied or not).
+
+        Separate from `forward` so a scorer can project only the positions it scores."""
+        if self.lm_head is None:
+            logits = jnp.einsum("...e,ve->...v", x, self.embed_tokens.weight[...].astype(x.dtype))
+        else:
+            logits = self.lm_head(x)
+        return logits.astype(jnp.float32)
+
+    def hidden_states(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """The final-norm hidden states [batch, seq, embed] that `head` turns into logits."""
+        return self._trunk(input_ids, positions, segment_ids, None)[0]
+
     def forward(
         self,
         input_ids: jax.Array,
@@ -187,6 +201,16 @@ class CausalLM(nnx.Module):
         cache: KVCache | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Logits, and the updated cache when decoding from one (see `ipt.model.generate`)."""
+        x, new_cache = self._trunk(input_ids, positions, segment_ids, cache)
+        return self.head(x), new_cache
+
+    def _trunk(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        cache: KVCache | None,
+    ) -> tuple[jax.Array, KVCache | None]:
         config = self.config
         x = self.embed_tokens(input_ids, config.compute_dtype)
         rotary = rotary_tables(config, positions)
@@ -219,15 +243,9 @@ class CausalLM(nnx.Module):
                 per_layer_out.append(out)
             new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *per_layer_out)
         x = self.norm(x)
-        if self.lm_head is None:
-            logits = jnp.einsum("bse,ve->bsv", x, self.embed_tokens.weight[...].astype(x.dtype))
-        else:
-            logits = self.lm_head(x)
-        logits = logits.astype(jnp.float32)
         if cache is None:
-            return logits, None
-        new_cache = KVCache(new_kv[0], new_kv[1], slot_segments, start + input_ids.shape[1])
-        return logits, new_cache
+            return x, None
+        return x, KVCache(new_kv[0], new_kv[1], slot_segments, start + input_ids.shape[1])
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> CausalLM:
