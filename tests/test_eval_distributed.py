@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train_distributed import _free_port
+from test_train_distributed import run_two_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,31 +49,7 @@ def test_two_processes_score_like_one(trained_tiny, tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    port = _free_port()
-    procs = []
-    for i in range(2):
-        env = {
-            **base_env,
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-            "JAX_NUM_PROCESSES": "2",
-            "JAX_PROCESS_ID": str(i),
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "ipt.cli",
-            "eval",
-            *_eval_args(trained_tiny, tmp_path / "two"),
-            "distributed=on",
-        ]
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
+    run_two_processes(["eval", *_eval_args(trained_tiny, tmp_path / "two")], timeout=600)
     one, two = _samples(tmp_path / "one"), _samples(tmp_path / "two")
     assert set(one) == set(two) and len(one) == 2
     for task in one:

@@ -31,7 +31,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(cfg_path: Path, *overrides: str) -> str:
+def run_two_processes(ipt_args: list[str], timeout: int = 300) -> str:
+    """`python -m ipt.cli *ipt_args distributed=on` as two jax.distributed processes on this
+    host (4 CPU devices each), as launch/gpu.py and launch/tpu.py start every host; both must
+    exit 0. Returns process 0's output."""
     port = _free_port()
     procs = []
     for i in range(2):
@@ -43,25 +46,19 @@ def _run_two_processes(cfg_path: Path, *overrides: str) -> str:
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(i),
         }
-        # the command line launch/gpu.py and launch/tpu.py send to every host
-        cmd = [
-            sys.executable,
-            "-m",
-            "ipt.cli",
-            "train",
-            "--config",
-            str(cfg_path),
-            "distributed=on",
-            *overrides,
-        ]
+        cmd = [sys.executable, "-m", "ipt.cli", *ipt_args, "distributed=on"]
         procs.append(
             subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
         )
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outs)
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
     return outs[0]
+
+
+def _run_two_processes(cfg_path: Path, *overrides: str) -> str:
+    return run_two_processes(["train", "--config", str(cfg_path), *overrides])
 
 
 def test_two_processes_train_and_resume_like_one(shards, tmp_path):  # noqa: F811

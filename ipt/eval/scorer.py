@@ -30,7 +30,7 @@ from ipt.model import ModelConfig
 from ipt.model.attention import kernel_layout
 from ipt.model.generate import generate
 from ipt.model.modules import abstract_model
-from ipt.train.mesh import LogicalRules, MeshConfig, make_mesh
+from ipt.train.mesh import LogicalRules, MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,6 @@ class Scorer:
         self.params = params
         self.compilations = 0  # scoring programs traced so far (at most one per bucket width)
         self._score_fn = self._make_score_fn()
-
-    @classmethod
-    def create(cls, config: ModelConfig, params: dict, cfg: ScorerConfig, **kwargs: Any) -> Scorer:
-        """Build the mesh and rules from `cfg.mesh` (all devices) and wrap already-placed params."""
-        mesh = make_mesh(cfg.mesh)
-        return cls(config, params, cfg, LogicalRules(cfg.mesh.rules, mesh), **kwargs)
 
     def _make_score_fn(self) -> Callable:
         parts, rules, k = self._parts, self.rules, self.cfg.max_segments
