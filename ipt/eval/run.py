@@ -51,7 +51,10 @@ class EvalConfig(Config):
     max_length: int = Field(2048, gt=1, description="tokens per request (contexts are left-truncated)")
     batch_rows: int = Field(8, gt=0, description="rows per device call")
     max_gen_toks: int = Field(256, gt=0, description="default new-token limit of generation tasks")
-    add_bos_token: bool | None = Field(None, description="None: the tokenizer's own default, as lm-eval's hf")
+    add_bos_token: bool | None = Field(
+        None,
+        description="lm-eval tasks: None = the tokenizer's default (as lm-eval's hf); domain tasks: BOS unless false",
+    )
     log_samples: bool = Field(False, description="also write per-sample JSONL (as lm_eval --log_samples)")
     output: str | None = Field(None, description="directory for results (none: print only)")
     seed: int = Field(1234, description="few-shot sampling seed (lm-eval's default)")
@@ -213,7 +216,12 @@ def collect(lm, cfg: EvalConfig) -> dict:
         report.update(harness=results, samples=samples, core={"tasks": rows, "core": core})
     for task in domain:
         report["domain"][task.name] = evaluate_domain_task(
-            task, lm.scorer, lm.tokenizer, max_length=cfg.max_length, limit=_int(cfg.limit)
+            task,
+            lm.scorer,
+            lm.tokenizer,
+            add_bos=cfg.add_bos_token is not False,  # AdaptLLM's Instruction-Pretrain setting: BOS on
+            max_length=cfg.max_length,
+            limit=_int(cfg.limit),
         )
     for directory in cfg.heldout:
         report["heldout"][Path(directory).name] = proxy.bits_per_byte(
