@@ -166,3 +166,13 @@ def test_a_batch_the_mesh_cannot_split_is_refused_clearly(shards, tmp_path, caps
     )
     assert train_main(["--config", str(cfg)]) == 2
     assert "must be a multiple of the 8 ways the mesh splits the batch" in capsys.readouterr().err
+
+
+def test_token_ids_beyond_the_model_vocabulary_are_refused_before_step_one(shards, tmp_path, capsys):
+    """Shards of the 4096-token BPE with a 1000-token model: before this check, step 1 gave NaN."""
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "train.yaml", shards, run_dir, model={**MODEL, "vocab_size": 1000})
+    assert train_main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "source 'corpus'" in err and "4096 token ids do not fit model.vocab_size=1000" in err
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()

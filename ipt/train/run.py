@@ -117,6 +117,7 @@ def train(cfg: TrainConfig) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_file(run_dir / "config.yaml", dump_config(cfg))
     try:
+        check_vocabulary(cfg)
         trainer = Trainer(cfg)
         data_iter = make_batch_iterator(cfg.data)
         eval_fn = None
@@ -172,6 +173,21 @@ def train(cfg: TrainConfig) -> int:
         checkpointer.close()
         writer.close()
     return 0
+
+
+def check_vocabulary(cfg: TrainConfig) -> None:
+    """Refuse data whose tokenizer has more tokens than the model's embedding holds: such ids
+    index past the table and the first step's loss is NaN, which looks like a bad learning rate."""
+    from ipt.data.records import read_manifest
+
+    for src in [*cfg.data.sources, *cfg.data.eval_sources]:
+        tokenizer = read_manifest(src.path).tokenizer
+        if tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ValueError(
+                f"source {src.name!r} ({src.path}) was tokenized with {tokenizer.name!r}, whose "
+                f"{tokenizer.vocab_size} token ids do not fit model.vocab_size={cfg.model.vocab_size}; "
+                "use the model's tokenizer or a model with a larger vocabulary"
+            )
 
 
 def make_eval_fn(cfg: TrainConfig, trainer: Trainer, make_eval_iterators):
