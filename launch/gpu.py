@@ -12,9 +12,14 @@ distributed=on`, which calls `jax.distributed.initialize()` with them. Prints th
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import subprocess
 import sys
+
+HOST = re.compile(
+    r"([A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9_][A-Za-z0-9_.-]*"
+)  # [user@]host, never an option
 
 GPU_ENV = {
     "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.92",  # leave room for NCCL and cuDNN workspaces
@@ -40,7 +45,7 @@ def node_commands(
     for i, host in enumerate(hosts):
         node_env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, "JAX_PROCESS_ID": str(i)}.items())
         train = shlex.join(train_args(config, overrides, distributed=True))
-        out.append(["ssh", host, f"cd {shlex.quote(repo_dir)} && env {node_env} {train}"])
+        out.append(["ssh", "--", host, f"cd {shlex.quote(repo_dir)} && env {node_env} {train}"])
     return out
 
 
@@ -55,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--execute", action="store_true", help="run the commands (default: print them)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="passed to ipt train")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    bad = [h for h in (a.hosts or "").split(",") if a.hosts and not HOST.fullmatch(h)]
+    if bad:
+        p.error(
+            f"--hosts: {bad[0]!r} is not a host name (letters, digits, '.', '-', '_', user@, no leading '-')"
+        )
     if a.hosts:
         commands = node_commands(a.config, a.overrides, a.hosts.split(","), a.repo_dir, a.port)
     else:

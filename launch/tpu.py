@@ -14,6 +14,7 @@ and `train` again resume from the latest checkpoint.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import subprocess
 import sys
@@ -39,6 +40,24 @@ class _Target(Config):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     target: str | None = None
+
+
+# What gcloud accepts, checked before anything reaches a shell on the workers.
+NAME_RULES = [
+    (
+        "name",
+        "{!r}",
+        r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?",
+        "a TPU name is lowercase letters, digits and '-', starting with a letter",
+    ),
+    (
+        "project",
+        "{!r}",
+        r"[a-z][-a-z0-9]{4,28}[a-z0-9]",
+        "a project ID is 6-30 lowercase letters, digits and '-'",
+    ),
+    ("zone", "{!r}", r"[a-z]+-[a-z]+[0-9]+-[a-z]", "a zone looks like us-east5-a"),
+]
 
 
 @dataclass(frozen=True)
@@ -128,7 +147,8 @@ class TpuJob:
             f"run_dir=runs/{self.name}", f"checkpoint.directory={run}/checkpoints", *self.overrides,
         ]  # fmt: skip
         command = " ".join(shlex.quote(a) for a in args)
-        return f"cd ipt && mkdir -p runs && nohup {command} > runs/{self.name}.log 2>&1 &"
+        log = shlex.quote(f"runs/{self.name}.log")
+        return f"cd ipt && mkdir -p runs && nohup {command} > {log} 2>&1 &"
 
     def plan(self, step: str) -> list[list[str]]:
         steps = {
@@ -161,6 +181,9 @@ def job_from_args(argv: list[str]) -> tuple[TpuJob, list[str], bool]:
         "steps", nargs="+", choices=["create", "wait", "setup", "train", "status", "delete", "all"]
     )
     a = p.parse_args(argv)
+    for flag, value, pattern, what in NAME_RULES:
+        if not re.fullmatch(pattern, getattr(a, flag)):
+            p.error(f"--{flag} {value.format(getattr(a, flag))!s}: {what}")
     target = a.slice or load_config(_Target, a.config).target
     if not target:
         p.error(f"{a.config} names no `target` slice; pass --slice")
