@@ -42,22 +42,15 @@ class _Target(Config):
     target: str | None = None
 
 
-# What gcloud accepts, checked before anything reaches a shell on the workers.
-NAME_RULES = [
-    (
-        "name",
-        "{!r}",
+# What gcloud accepts (flag -> pattern, rule), checked before anything reaches a worker's shell.
+NAME_RULES = {
+    "name": (
         r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?",
-        "a TPU name is lowercase letters, digits and '-', starting with a letter",
+        "a TPU name is lowercase letters, digits and '-', from a letter",
     ),
-    (
-        "project",
-        "{!r}",
-        r"[a-z][-a-z0-9]{4,28}[a-z0-9]",
-        "a project ID is 6-30 lowercase letters, digits and '-'",
-    ),
-    ("zone", "{!r}", r"[a-z]+-[a-z]+[0-9]+-[a-z]", "a zone looks like us-east5-a"),
-]
+    "project": (r"[a-z][-a-z0-9]{4,28}[a-z0-9]", "a project ID is 6-30 lowercase letters, digits and '-'"),
+    "zone": (r"[a-z]+-[a-z]+[0-9]+-[a-z]", "a zone looks like us-east5-a"),
+}
 
 
 @dataclass(frozen=True)
@@ -181,9 +174,9 @@ def job_from_args(argv: list[str]) -> tuple[TpuJob, list[str], bool]:
         "steps", nargs="+", choices=["create", "wait", "setup", "train", "status", "delete", "all"]
     )
     a = p.parse_args(argv)
-    for flag, value, pattern, what in NAME_RULES:
+    for flag, (pattern, rule) in NAME_RULES.items():
         if not re.fullmatch(pattern, getattr(a, flag)):
-            p.error(f"--{flag} {value.format(getattr(a, flag))!s}: {what}")
+            p.error(f"--{flag} {getattr(a, flag)!r}: {rule}")
     target = a.slice or load_config(_Target, a.config).target
     if not target:
         p.error(f"{a.config} names no `target` slice; pass --slice")
