@@ -176,3 +176,36 @@ def test_token_ids_beyond_the_model_vocabulary_are_refused_before_step_one(shard
     err = capsys.readouterr().err
     assert "source 'corpus'" in err and "4096 token ids do not fit model.vocab_size=1000" in err
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_second_run_on_one_directory_is_refused_and_a_dead_runs_lock_is_taken_over(
+    shards, tmp_path, capsys
+):
+    import socket
+
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "train.yaml", shards, run_dir, steps=100000, checkpoint={"every": 100000})
+    cmd = [sys.executable, "-m", "ipt.cli", "train", "--config", str(cfg)]
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count(
+                "\n"
+            ) >= 2:
+                break
+            time.sleep(0.05)
+        assert first.poll() is None
+        config_before = (run_dir / "config.yaml").read_text()
+        assert train_main(["--config", str(cfg), "seed=1"]) == 2
+        err = capsys.readouterr().err
+        assert f"host {socket.gethostname()}, pid {first.pid}" in err and ".ipt-train.lock" in err
+        assert (run_dir / "config.yaml").read_text() == config_before  # the refused run changed nothing
+    finally:
+        first.kill()  # kill -9: the lock file stays behind
+        first.wait()
+    assert (run_dir / ".ipt-train.lock").exists()
+    assert train_main(["--config", str(cfg), "steps=4"]) == 0  # its holder is gone: a stale lock
+    assert not (run_dir / ".ipt-train.lock").exists()

@@ -108,13 +108,30 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> int:
-    from ipt.data.pipeline import make_batch_iterator, make_eval_iterators
-    from ipt.model.flops import flops_per_token
-    from ipt.train.loop import EXIT_NONFINITE, BatchPrefetcher, Loop, NonFiniteError, fail, write_run_file
+    """Train under the run directory's lock (process 0 holds it; see ipt.train.lock)."""
+    from ipt.train.lock import RunLock, RunLockedError
+    from ipt.train.loop import fail
 
     maybe_initialize_distributed(cfg.distributed)
     run_dir = Path(cfg.run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except RunLockedError as e:  # another live run writes here: change nothing
+            return fail(str(e), 2)
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> int:
+    from ipt.data.pipeline import make_batch_iterator, make_eval_iterators
+    from ipt.model.flops import flops_per_token
+    from ipt.train.loop import EXIT_NONFINITE, BatchPrefetcher, Loop, NonFiniteError, fail, write_run_file
+
     write_run_file(run_dir / "config.yaml", dump_config(cfg))
     try:
         check_vocabulary(cfg)
