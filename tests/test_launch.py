@@ -103,7 +103,8 @@ def test_tpu_train_script_quotes_what_reaches_the_shell():
     script = tpu.job_from_args([*COMMON, "train"])[0].train_script()
     assert shlex.split(script)[-4:] == [">", "runs/bio.log", "2>&1", "&"]
     job = dataclasses.replace(
-        tpu.job_from_args([*COMMON, "train"])[0], overrides=("data.sources.0.path=gs://b/my dir", "seed=$(id)")
+        tpu.job_from_args([*COMMON, "train"])[0],
+        overrides=("data.sources.0.path=gs://b/my dir", "seed=$(id)"),
     )
     assert (
         "'seed=$(id)'" in job.train_script() and "'data.sources.0.path=gs://b/my dir'" in job.train_script()
