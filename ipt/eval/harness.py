@@ -9,8 +9,7 @@ prefix token and trailing-space handling are lm-eval's own; tokenization mirrors
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from lm_eval import utils as lm_utils
@@ -28,20 +27,6 @@ from ipt.eval.rows import window
 from ipt.eval.scorer import Scorer
 
 
-class RequestRate:
-    """A tqdm bar over requests that shows requests/s (and keeps the total for reports)."""
-
-    def __init__(self, total: int, desc: str, disable: bool):
-        self.bar = tqdm(total=total, desc=desc, unit="req", disable=disable, dynamic_ncols=True)
-        self.start = time.perf_counter()
-
-    def __call__(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 @register_model("ipt")
 class IptLM(TemplateLM):
     """lm-eval model on a `Scorer`; build it with `from_pretrained` (what `lm_eval` calls) or
@@ -55,7 +40,6 @@ class IptLM(TemplateLM):
         add_bos_token: bool | None = None,
         max_gen_toks: int = 256,
         model_name: str = "ipt",
-        on_progress: Callable[[str, int, float], None] | None = None,
     ):
         super().__init__()
         self.scorer = scorer
@@ -63,7 +47,6 @@ class IptLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.max_gen_toks = max_gen_toks
         self.model_name = model_name
-        self.on_progress = on_progress
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token; lm-eval needs one as end-of-text")
 
@@ -118,20 +101,16 @@ class IptLM(TemplateLM):
 
     # ------------------------------------------------------------------ requests
 
-    def _progress(self, kind: str, total: int, disable: bool) -> RequestRate:
-        return RequestRate(total, f"ipt {kind}", disable or self.rank != 0)
-
-    def _finish(self, kind: str, rate: RequestRate, total: int) -> None:
-        rate.close()
-        if self.on_progress is not None:
-            self.on_progress(kind, total, time.perf_counter() - rate.start)
+    def _bar(self, kind: str, total: int, disable: bool) -> tqdm:
+        """A progress bar over requests: tqdm's rate reads requests/s."""
+        return tqdm(total=total, desc=f"ipt {kind}", unit="req", disable=disable or self.rank != 0)
 
     def _loglikelihood_tokens(
         self, requests: list, disable_tqdm: bool = False, **kwargs
     ) -> list[tuple[float, bool]]:
-        rate = self._progress("loglikelihood", len(requests), disable_tqdm)
-        scores = self.scorer.loglikelihood([(ctx, cont) for _, ctx, cont in requests], progress=rate)
-        self._finish("loglikelihood", rate, len(requests))
+        bar = self._bar("loglikelihood", len(requests), disable_tqdm)
+        scores = self.scorer.loglikelihood([(ctx, cont) for _, ctx, cont in requests], progress=bar.update)
+        bar.close()
         out = []
         for (key, _, _), score in zip(requests, scores, strict=True):
             answer = (score.logprob, score.greedy)
@@ -155,9 +134,9 @@ class IptLM(TemplateLM):
             ]
             per_request.append(len(parts))
             windows.extend(window(ctx, cont, self.max_length) for ctx, cont in parts)
-        rate = self._progress("loglikelihood_rolling", len(windows), disable_tqdm)
-        scores = self.scorer.score_windows(windows, progress=rate)
-        self._finish("loglikelihood_rolling", rate, len(windows))
+        bar = self._bar("loglikelihood_rolling", len(windows), disable_tqdm)
+        scores = self.scorer.score_windows(windows, progress=bar.update)
+        bar.close()
         out, at = [], 0
         for req, n in zip(requests, per_request, strict=True):
             total = sum(s.logprob for s in scores[at : at + n])
@@ -173,7 +152,7 @@ class IptLM(TemplateLM):
         for i, req in enumerate(requests):
             groups.setdefault(repr(sorted(req.args[1].items())), []).append(i)
         out: list[str] = [""] * len(requests)
-        rate = self._progress("generate_until", len(requests), disable_tqdm)
+        bar = self._bar("generate_until", len(requests), disable_tqdm)
         for members in groups.values():
             kwargs = normalize_gen_kwargs(requests[members[0]].args[1], self.max_gen_toks)
             if kwargs.get("do_sample") or kwargs.get("temperature", 0.0) > 0:
@@ -192,6 +171,6 @@ class IptLM(TemplateLM):
                 )
                 out[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
-            rate(len(members))
-        self._finish("generate_until", rate, len(requests))
+            bar.update(len(members))
+        bar.close()
         return out
