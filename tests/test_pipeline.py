@@ -11,6 +11,7 @@ import pytest
 from shards import write_corpus_source
 
 from ipt.config import ConfigError, load_config
+from ipt.data.integrity import ShardError
 from ipt.data.pipeline import DataConfig, make_batch_iterator, make_eval_iterators
 from ipt.data.sources import SourceConfig
 
@@ -299,7 +300,8 @@ def test_shards_that_disagree_with_their_manifest_are_refused(tmp_path, mistral_
     write_corpus_source(tmp_path / "b", mistral_tokenizer_dir, texts[10:], docs_per_shard=20)
     (tmp_path / "b" / "shard-00000.array_record").replace(tmp_path / "a" / "shard-00000.array_record")
     cfg = DataConfig(sources=[SourceConfig(name="a", path=str(tmp_path / "a"))], seq_len=64, batch_size=2)
-    with pytest.raises(ValueError, match=r"source 'a' .* hold 25 records but manifest.json says 10"):
+    shard = tmp_path / "a" / "shard-00000.array_record"
+    with pytest.raises(ShardError, match=rf"source 'a': {shard} holds 20 records, but manifest.json says 5"):
         make_batch_iterator(cfg, process_index=0, process_count=1)
 
 

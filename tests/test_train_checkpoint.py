@@ -97,3 +97,54 @@ def test_nothing_is_moved_when_no_checkpoint_restores(tmp_path):
     with pytest.raises(RuntimeError, match="could be restored"):
         ckpt.restore(wrong)
     assert ckpt.all_steps() == [1] and sorted(p.name for p in tmp_path.iterdir()) == ["1"]
+
+
+def flip_bytes_in_largest_data_file(step_dir, where: str = "ocdbt.process_0/d", at: float = 0.5) -> None:
+    """XOR 4 bytes of the step's largest data file under `state/where` (bit rot on disk)."""
+    target = max((step_dir / "state" / where).iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    start = int(len(data) * at)
+    for i in range(start, start + 4):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def test_a_damaged_index_node_falls_back_in_one_line(tmp_path, caplog):
+    """Small arrays live inside OCDBT's b-tree nodes, which TensorStore checks itself (CRC-32C);
+    its error runs to pages of specs, cut here to one line. Bit rot in large arrays' data, which
+    no one else checks, is the test in test_train_loop.py (the content checksums)."""
+    state, abstract = _trained_state({"data": 2, "fsdp": 4, "tensor": 1}, steps=1)
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(every=1, keep=None))
+    ckpt.save(1, state, {"i": 1})
+    ckpt.save(2, state, {"i": 2})
+    ckpt.close()
+    flip_bytes_in_largest_data_file(tmp_path / "2", where="d")
+    ckpt = Checkpointer(tmp_path, CheckpointConfig())
+    step, restored, data_state = ckpt.restore(abstract)
+    ckpt.close()
+    assert step == 1 and data_state == {"i": 1}
+    _assert_same(restored, state)
+    assert [p.name.split(".")[1].split("-")[0] for p in tmp_path.glob("2.*")] == ["unrestorable"]
+    (line,) = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert "/2 cannot be used (ValueError: DATA_LOSS: Error opening" in line
+    assert "\n" not in line and len(line) < 600 and "tensorstore_spec" not in line
+
+
+def test_checksums_do_not_depend_on_the_mesh_and_see_any_changed_word():
+    from ipt.train.checksum import ChecksumMismatchError, state_checksums, verify_checksums
+
+    state, _ = _trained_state({"data": 2, "fsdp": 4, "tensor": 1}, steps=1)
+    sums = state_checksums(state)
+    moved = jax.device_put(state, jax.devices()[0])
+    assert state_checksums(moved) == sums
+    kernel = np.asarray(state["params"]["up"]["kernel"]).copy()
+    swapped = kernel.copy()
+    swapped[0, 0], swapped[0, 1] = kernel[0, 1], kernel[0, 0]  # same words, other places
+    one_bit = kernel.copy()
+    one_bit.view(np.uint32)[3, 2] ^= 1
+    for changed in (swapped, one_bit):
+        damaged = {**state, "params": {**state["params"], "up": {**state["params"]["up"], "kernel": changed}}}
+        with pytest.raises(
+            ChecksumMismatchError, match=r"1 of \d+ arrays \(\['params'\]\['up'\]\['kernel'\]\)"
+        ):
+            verify_checksums(damaged, sums)

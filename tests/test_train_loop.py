@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,3 +210,116 @@ def test_a_second_run_on_one_directory_is_refused_and_a_dead_runs_lock_is_taken_
     assert (run_dir / ".ipt-train.lock").exists()
     assert train_main(["--config", str(cfg), "steps=4"]) == 0  # its holder is gone: a stale lock
     assert not (run_dir / ".ipt-train.lock").exists()
+
+
+def test_bit_rot_in_the_newest_checkpoint_falls_back_to_the_older_one(reference, tmp_path):
+    """The issue's reproduction: 4 bytes XORed in a finished checkpoint's largest data file. The
+    resume notices (content checksums), says so in one line, moves the step aside, redoes the
+    steps from the older checkpoint and ends exactly where the uninterrupted run ended."""
+    from test_train_checkpoint import flip_bytes_in_largest_data_file
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    flip_bytes_in_largest_data_file(run_dir / "checkpoints" / "30")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({**cfg, "run_dir": str(run_dir)}))
+    cmd = [sys.executable, "-m", "ipt.cli", "train", "--config", str(tmp_path / "train.yaml")]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "checkpoints/30 cannot be used" in line]
+    assert len(lines) == 1 and "content checksum mismatch" in lines[0], done.stderr
+    print(done.stderr)
+    assert len(done.stderr.splitlines()) < 12, done.stderr
+    assert [p.name.split(".")[1].split("-")[0] for p in (run_dir / "checkpoints").glob("30.*")] == [
+        "unrestorable"
+    ]
+    got, ref = read_metrics(run_dir), read_metrics(reference)
+    assert [got[s]["loss"] for s in range(1, 31)] == [ref[s]["loss"] for s in range(1, 31)]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(steps) == sorted([*range(1, 31), 15, 30])  # one train record per step, two evals
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_resume_under_a_changed_computation_is_refused_and_changes_no_file(reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({**cfg, "run_dir": str(run_dir)}))
+    before = _tree_bytes(run_dir)
+    refused = {  # each still fits the saved shapes, except hidden_size (refused before restoring)
+        "model.rope_theta=50000.0": "model.rope_theta: 10000.0 -> 50000.0",
+        "data.seq_len=16": "data.seq_len: 32 -> 16",
+        "data.docs_per_read=7": "data.docs_per_read: 1024 -> 7",
+        "model.hidden_size=128": "model.hidden_size: 64 -> 128",
+    }
+    for override, difference in refused.items():
+        assert train_main(["--config", str(tmp_path / "train.yaml"), override, "steps=32"]) == 2
+        err = capsys.readouterr().err
+        assert "holds checkpoints of a run with another config" in err and difference in err, err
+        assert "allow_config_change=true" in err and "Traceback" not in err
+        assert _tree_bytes(run_dir) == before, override
+
+    # keys that do not change what a step computes pass: more steps, logging, eval, checkpoints
+    passing = ["steps=32", "metrics.log_every=2", "eval.every=16", "checkpoint.keep=3"]
+    assert train_main(["--config", str(tmp_path / "train.yaml"), *passing]) == 0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["steps"] == 32
+    assert not list(run_dir.glob("config.before-step-*"))
+    # asked for, a changed computation resumes, and the old config stays beside the new one
+    allowed = ["steps=33", "model.rope_theta=50000.0", "allow_config_change=true"]
+    assert train_main(["--config", str(tmp_path / "train.yaml"), *allowed]) == 0
+    assert yaml.safe_load((run_dir / "config.before-step-32.yaml").read_text())["model"]["rope_theta"] == 1e4
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["rope_theta"] == 5e4
+
+
+def test_sigterm_during_start_up_exits_cleanly_having_saved_nothing(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "train.yaml", shards, run_dir)
+    cmd = [sys.executable, "-m", "ipt.cli", "train", "--config", str(cfg)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / ".ipt-train.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # the lock is taken right after the signal handler is installed
+    proc.send_signal(signal.SIGTERM)  # the model is still being built: no step has run
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by a signal during start-up (no step ran, nothing saved) at step 0" in out, out
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+    assert not read_metrics(run_dir)
+    assert not (run_dir / ".ipt-train.lock").exists()
+
+
+def _in_a_full_filesystem(cmd: list[str], mount_dir: Path) -> list[str]:
+    """`cmd` run in a private mount namespace with a 1 MiB tmpfs at `mount_dir` (a full disk)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux `unshare` to mount a small tmpfs")
+    user = [] if os.geteuid() == 0 else ["-r"]
+    probe = subprocess.run(["unshare", *user, "-m", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"cannot create a mount namespace here: {probe.stderr.decode().strip()}")
+    script = f'mount -t tmpfs -o size=1M ipt-full {mount_dir} && exec "$@"'
+    return ["unshare", *user, "-m", "sh", "-c", script, "sh", *cmd]
+
+
+def test_a_full_disk_under_the_checkpoint_directory_is_one_clear_line(shards, tmp_path):
+    run_dir, full = tmp_path / "run", tmp_path / "full"
+    full.mkdir()
+    cfg = write_config(
+        tmp_path / "train.yaml", shards, run_dir, checkpoint={"every": 2, "directory": str(full)}
+    )
+    cmd = _in_a_full_filesystem([sys.executable, "-m", "ipt.cli", "train", "--config", str(cfg)], full)
+    done = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True
+    )
+    assert done.returncode == 4, done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert (
+        error.startswith("ipt train: error: checkpoint 2 needs up to") and "No space left on device" in error
+    )
+    assert str(full) in error and len(done.stderr.splitlines()) <= 3, done.stderr

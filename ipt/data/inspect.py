@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ipt.data.records import Manifest, decode_record, read_manifest, shard_paths
+from ipt.data.integrity import ShardReadError, opening, read_located, size_problems
+from ipt.data.records import MANIFEST, Manifest, ShardInfo, decode_record, read_manifest, shard_paths
 from ipt.data.shard_writer import file_sha256
 
 UNTRAINED = ("⟦", "⟧")
+COUNT_BATCH = 4096  # records per read while counting tokens
+EXIT_BAD_INPUT = 2
 
 
 def summary(directory: Path, manifest: Manifest) -> str:
@@ -76,9 +79,10 @@ def show_records(directory: Path, manifest: Manifest, n: int, max_chars: int) ->
     for path in shard_paths(directory, manifest):
         if len(out) >= n:
             break
-        reader = ArrayRecordReader(str(path))
+        with opening(str(path)):
+            reader = ArrayRecordReader(str(path))
         count = min(reader.num_records(), n - len(out))
-        for i, rec in enumerate(reader.read(list(range(count)))):
+        for i, rec in enumerate(read_located(reader.read, str(path), list(range(count)))):
             ids, mask = decode_record(rec, np.dtype(manifest.dtype), manifest.has_loss_mask)
             trained = f"  trained {int(mask.sum())}/{len(ids)}" if mask is not None else ""
             head = f"--- {path.name} record {i}: {len(ids)} tokens{trained}; ids {ids[:8].tolist()}..."
@@ -91,12 +95,52 @@ def show_records(directory: Path, manifest: Manifest, n: int, max_chars: int) ->
 
 
 def verify(directory: Path, manifest: Manifest) -> list[str]:
-    """Shards whose sha256 differs from the manifest's (or that are missing)."""
-    bad = []
+    """Every way the shards differ from the manifest: missing, size, sha256, record and token counts."""
+    problems = size_problems(directory, manifest)
+    for name, total, parts in (
+        ("num_docs", manifest.num_docs, sum(s.num_docs for s in manifest.shards)),
+        ("num_tokens", manifest.num_tokens, sum(s.num_tokens for s in manifest.shards)),
+    ):
+        if total != parts:
+            problems.append(f"{MANIFEST}: {name} is {total:,}, but its shards add up to {parts:,}")
     for shard, path in zip(manifest.shards, shard_paths(directory, manifest), strict=True):
-        if not path.exists() or file_sha256(path) != shard.sha256:
-            bad.append(shard.file)
-    return bad
+        if not path.is_file():
+            continue
+        actual = file_sha256(path)
+        if actual != shard.sha256:
+            problems.append(f"{path}: sha256 {actual}, but {MANIFEST} says {shard.sha256}")
+        try:
+            problems.extend(_count_problems(path, shard, manifest))
+        except ShardReadError as e:
+            problems.append(e.detail)
+    return problems
+
+
+def _count_problems(path: Path, shard: ShardInfo, manifest: Manifest) -> list[str]:
+    """The shard's records and tokens, counted by reading every record, against the manifest's."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    width = np.dtype(manifest.dtype).itemsize + int(manifest.has_loss_mask)
+    with opening(str(path)):
+        reader = ArrayRecordReader(str(path))
+    try:
+        n_records = reader.num_records()
+        n_tokens, problems = 0, []
+        for start in range(0, n_records, COUNT_BATCH):
+            positions = list(range(start, min(start + COUNT_BATCH, n_records)))
+            for position, rec in zip(positions, read_located(reader.read, str(path), positions), strict=True):
+                if len(rec) % width:
+                    problems.append(
+                        f"{path}: record {position} has {len(rec)} bytes, not a multiple of {width}"
+                    )
+                n_tokens += len(rec) // width
+    finally:
+        reader.close()
+    if n_records != shard.num_docs:
+        problems.append(f"{path}: holds {n_records:,} records, but {MANIFEST} says {shard.num_docs:,}")
+    if n_tokens != shard.num_tokens:
+        problems.append(f"{path}: holds {n_tokens:,} tokens, but {MANIFEST} says {shard.num_tokens:,}")
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,22 +148,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", type=Path, help="an `ipt tokenize` output directory")
     parser.add_argument("-n", type=int, default=3, help="records to decode (default 3)")
     parser.add_argument("--max-chars", type=int, default=600, help="truncate each decoded record")
-    parser.add_argument("--verify", action="store_true", help="check every shard's sha256")
+    parser.add_argument(
+        "--verify", action="store_true", help="check every shard's size, sha256, record and token counts"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         manifest = read_manifest(args.directory)
     except (FileNotFoundError, ValueError) as e:
         print(f"ipt data inspect: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     print(summary(args.directory, manifest))
     if args.verify:
-        bad = verify(args.directory, manifest)
-        print(f"checksums   {len(manifest.shards) - len(bad)}/{len(manifest.shards)} shards match")
-        if bad:
+        problems = verify(args.directory, manifest)
+        verdict = f"{len(problems)} problems" if problems else "ok"
+        print(f"verified    {len(manifest.shards)} shards (size, sha256, records, tokens): {verdict}")
+        if problems:
             print(
-                f"ipt data inspect: error: shards differ from the manifest: {', '.join(bad)}", file=sys.stderr
+                f"ipt data inspect: error: {args.directory} differs from its {MANIFEST}:\n  "
+                + "\n  ".join(problems)
+                + "\nre-tokenize it (the shards were changed or damaged after `ipt tokenize` wrote them)",
+                file=sys.stderr,
             )
-            return 1
+            return EXIT_BAD_INPUT
     if args.n > 0:
-        print(show_records(args.directory, manifest, args.n, args.max_chars))
+        try:
+            print(show_records(args.directory, manifest, args.n, args.max_chars))
+        except ShardReadError as e:
+            print(f"ipt data inspect: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     return 0

@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 import grain
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
 
+from ipt.data.integrity import opening, read_located
 from ipt.data.records import decode_record
 
 TOKENS = "tokens"
@@ -47,21 +50,45 @@ class DecodeDocument(grain.transforms.Map):
 
 
 class ArrayRecordSource(grain.sources.ArrayRecordDataSource):
-    """grain's ArrayRecord source with a batched read that grain's `_getitems` path can reach.
+    """grain's ArrayRecord source with a batched read that grain's `_getitems` path can reach,
+    and read errors that name the shard file and record.
 
     grain looks for `_getitems` on a source, but array_record names its batched read
     `__getitems__`, so grain reads every record with its own call (~50 us each). And
     `__getitems__` starts a thread pool per call, which on a few cores costs more in GIL
     hand-offs than it saves on files already in the page cache. This reads each file's share
-    of the indices with one `ArrayRecordReader.read` call, in the calling thread.
+    of the indices with one `ArrayRecordReader.read` call, in the calling thread. Every read,
+    in the training process or a grain worker, goes through `integrity.read_located`, whose
+    `ShardReadError` (picklable) grain re-raises in the training process.
     """
+
+    def __init__(self, paths: Sequence[str]):
+        try:
+            super().__init__(paths)
+        except RuntimeError:  # a file whose index cannot be read: find which
+            for path in paths:
+                with opening(path):
+                    ArrayRecordReader(path).close()
+            raise
+
+    def records_per_file(self) -> list[int]:
+        return [ri.num_records for ri in self._read_instructions]
+
+    def _ensure_reader_exists(self, reader_idx: int) -> None:
+        with opening(self._read_instructions[reader_idx].filename):
+            super()._ensure_reader_exists(reader_idx)
+
+    def __getitem__(self, record_key: SupportsIndex) -> bytes:
+        return self._getitems([record_key])[0]
 
     def _getitems(self, indices: Sequence[int]) -> list[bytes]:
         records = [b""] * len(indices)
         for reader_idx, pairs in self._split_keys_per_reader(indices).items():
             self._ensure_reader_exists(reader_idx)
             positions, where = zip(*pairs, strict=True)
-            for i, record in zip(where, self._readers[reader_idx].read(list(positions)), strict=True):
+            path = self._read_instructions[reader_idx].filename
+            read = read_located(self._readers[reader_idx].read, path, list(positions))
+            for i, record in zip(where, read, strict=True):
                 records[i] = record
         return records
 

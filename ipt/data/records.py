@@ -45,6 +45,7 @@ class ShardInfo(_Frozen):
     num_docs: int
     num_tokens: int
     sha256: str
+    bytes: int | None = None  # the file's size; None in manifests written before ipt recorded it
 
 
 class Manifest(_Frozen):

@@ -78,6 +78,9 @@ class TrainConfig(Config):
         "stop", description="a step with NaN/Inf gradients: skip it, or stop with a checkpoint"
     )
     max_skipped_in_a_row: int = Field(10, gt=0, description="skip policy: stop after this many in a row")
+    allow_config_change: bool = Field(
+        False, description="resume checkpoints under a config that changes the computation (ipt.train.resume)"
+    )
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
     distributed: Literal["auto", "on", "off"] = Field(
         "auto", description="call jax.distributed.initialize(); auto: when a multi-host launcher is detected"

@@ -87,6 +87,7 @@ class Loop:
     def __init__(
         self,
         *,
+        watcher: PreemptionWatcher,
         train_step: Callable,
         eval_fn: Callable[[dict], dict[str, float]] | None,
         rest: Any,
@@ -100,6 +101,7 @@ class Loop:
         nonfinite: str = "stop",
         max_skipped_in_a_row: int = 10,
     ):
+        self.watcher = watcher
         self.train_step = train_step
         self.eval_fn = eval_fn
         self.rest = rest
@@ -122,45 +124,44 @@ class Loop:
 
     def run(self, state: dict, batches: BatchPrefetcher, data_state: dict | None) -> tuple[dict, str]:
         """Train to `total_steps`; returns the final state and why it stopped (done | preempted)."""
-        watcher = PreemptionWatcher(self.checkpointer.manager)
         step = int(jax.device_get(state["step"]))
         if step > 0:
             self._last_saved = step  # the checkpoint this run resumed from
+        if self.watcher.signalled.is_set():  # a signal during start-up: no step ran, nothing to save
+            return state, "stopped by a signal during start-up (no step ran, nothing saved)"
         pending: tuple[int, dict] | None = None
-        try:
-            while step < self.total_steps:
-                try:
-                    batch, next_data_state = next(batches)
-                except StopIteration:
-                    self.writer.message(f"data exhausted after step {step}; stopping")
-                    break
-                state, metrics = self.train_step(state, to_global(batch, self.batch_sharding), self.rest)
-                step += 1
-                data_state = next_data_state
-                if pending is not None:
-                    self._report(*pending, state, data_state)
-                pending = (step, metrics)
-                if self.eval_every and step % self.eval_every == 0 and self.eval_fn is not None:
-                    self._report(*pending, state, data_state)
-                    pending = None
-                    self.writer.write(step, self.eval_fn(state["params"]))
-                    self.throughput.reset()
-                if step == self.total_steps or self.checkpointer.due(step):
-                    self._save(step, state, data_state)
-                if watcher.should_stop(step):
-                    if pending is not None:
-                        self._report(*pending, state, data_state)
-                    self._save(step, state, data_state)
-                    self.checkpointer.wait()
-                    self.writer.message(f"preempted: saved a checkpoint at step {step}; exiting")
-                    return state, "preempted"
+        manager = self.checkpointer.manager
+        while step < self.total_steps:
+            try:
+                batch, next_data_state = next(batches)
+            except StopIteration:
+                self.writer.message(f"data exhausted after step {step}; stopping")
+                break
+            state, metrics = self.train_step(state, to_global(batch, self.batch_sharding), self.rest)
+            step += 1
+            data_state = next_data_state
             if pending is not None:
                 self._report(*pending, state, data_state)
-            self._save(step, state, data_state)
-            self.checkpointer.wait()
-            return state, "done"
-        finally:
-            watcher.close()
+            pending = (step, metrics)
+            if self.eval_every and step % self.eval_every == 0 and self.eval_fn is not None:
+                self._report(*pending, state, data_state)
+                pending = None
+                self.writer.write(step, self.eval_fn(state["params"]))
+                self.throughput.reset()
+            if step == self.total_steps or self.checkpointer.due(step):
+                self._save(step, state, data_state)
+            if self.watcher.should_stop(step, manager):
+                if pending is not None:
+                    self._report(*pending, state, data_state)
+                self._save(step, state, data_state)
+                self.checkpointer.wait()
+                self.writer.message(f"preempted: saved a checkpoint at step {step}; exiting")
+                return state, "preempted"
+        if pending is not None:
+            self._report(*pending, state, data_state)
+        self._save(step, state, data_state)
+        self.checkpointer.wait()
+        return state, "done"
 
     def _report(self, step: int, metrics: dict, state: dict, data_state: dict | None) -> None:
         values = jax.device_get(metrics)

@@ -108,8 +108,45 @@ class Throughput:
         self._last = None
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's metrics records in step order (train and eval records are separate lines).
+
+    A resumed run redoes the steps after its checkpoint; the writer drops the interrupted run's
+    records of those steps when it opens the file, so each step's values appear once."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _drop_records_after(path: Path, step: int) -> int:
+    """Rewrite `path` (atomically) without the records of steps after `step`; returns how many went."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            keep = json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+            keep = False
+        if keep:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return len(lines) - len(kept)
+
+
 class MetricsWriter:
-    """One record per logged step to every configured sink; only process 0 writes."""
+    """One record per logged step to every configured sink; only process 0 writes.
+
+    Opening drops records of steps after `start_step` (a resumed run redoes them), so
+    `metrics.jsonl` never holds two values of one step."""
 
     def __init__(
         self, run_dir: Path, cfg: MetricsConfig, total_steps: int, start_step: int, run_config: dict
@@ -119,7 +156,10 @@ class MetricsWriter:
         self._jsonl = self._tb = self._wandb = self._bar = None
         if not self.active:
             return
-        self._jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        dropped = _drop_records_after(run_dir / METRICS_FILE, start_step)
+        if dropped:
+            log.info("dropped %d metrics records after step %d (redone by this run)", dropped, start_step)
+        self._jsonl = (run_dir / METRICS_FILE).open("a", encoding="utf-8")
         if cfg.tensorboard:
             from tensorboardX import SummaryWriter
 

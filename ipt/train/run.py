@@ -6,19 +6,24 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 
 from ipt.config import dump_config, run_stage
 from ipt.train import optim
 from ipt.train import state as st
-from ipt.train.checkpoint import Checkpointer
+from ipt.train.checkpoint import Checkpointer, CheckpointWriteError, has_finished_step
 from ipt.train.config import TrainConfig
 from ipt.train.mesh import LogicalRules, make_mesh
 from ipt.train.metrics import MetricsWriter, Throughput, total_peak_flops
+from ipt.train.resume import check_resume_config, config_differences
 from ipt.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+EXIT_CHECKPOINT_WRITE = 4  # 2: bad input or config, 3: non-finite loss (ipt.train.loop)
 
 
 def maybe_initialize_distributed(mode: str) -> None:
@@ -109,40 +114,55 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> int:
     """Train under the run directory's lock (process 0 holds it; see ipt.train.lock)."""
+    from ipt.train.checkpoint import PreemptionWatcher
     from ipt.train.lock import RunLock, RunLockedError
     from ipt.train.loop import fail
 
     maybe_initialize_distributed(cfg.distributed)
     run_dir = Path(cfg.run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    watcher = PreemptionWatcher()  # from here a SIGTERM stops cleanly, during start-up too
     lock = RunLock(run_dir)
-    if jax.process_index() == 0:
-        try:
-            lock.acquire()
-        except RunLockedError as e:  # another live run writes here: change nothing
-            return fail(str(e), 2)
     try:
-        return _train(cfg, run_dir)
+        if jax.process_index() == 0:
+            try:
+                lock.acquire()
+            except RunLockedError as e:  # another live run writes here: change nothing
+                return fail(str(e), 2)
+        return _train(cfg, run_dir, watcher)
     finally:
         lock.release()
+        watcher.close()
 
 
-def _train(cfg: TrainConfig, run_dir: Path) -> int:
+def _prepare(cfg: TrainConfig, run_dir: Path, checkpoint_dir) -> tuple[Trainer, Any, Any]:
+    """Everything that can refuse the run, before any file is written: raises ValueError."""
+    from ipt.data.integrity import check_sources
     from ipt.data.pipeline import make_batch_iterator, make_eval_iterators
-    from ipt.model.flops import flops_per_token
-    from ipt.train.loop import EXIT_NONFINITE, BatchPrefetcher, Loop, NonFiniteError, fail, write_run_file
 
-    write_run_file(run_dir / "config.yaml", dump_config(cfg))
+    check_vocabulary(cfg)
+    check_sources(cfg.data)  # sizes now; sha256 in the background, awaited before the first read
+    if has_finished_step(checkpoint_dir):
+        check_resume_config(run_dir / CONFIG_FILE, dump_config(cfg), cfg.allow_config_change)
+    trainer = Trainer(cfg)
+    data_iter = make_batch_iterator(cfg.data)
+    eval_fn = None
+    if cfg.eval.every and (cfg.data.eval_sources or cfg.eval.tasks):
+        eval_fn = make_eval_fn(cfg, trainer, make_eval_iterators)
+    return trainer, data_iter, eval_fn
+
+
+def _train(cfg: TrainConfig, run_dir: Path, watcher) -> int:
+    from ipt.data.integrity import ShardError
+    from ipt.model.flops import flops_per_token
+    from ipt.train.loop import EXIT_NONFINITE, BatchPrefetcher, Loop, NonFiniteError, fail
+
+    checkpoint_dir = cfg.checkpoint.directory or run_dir / "checkpoints"
     try:
-        check_vocabulary(cfg)
-        trainer = Trainer(cfg)
-        data_iter = make_batch_iterator(cfg.data)
-        eval_fn = None
-        if cfg.eval.every and (cfg.data.eval_sources or cfg.eval.tasks):
-            eval_fn = make_eval_fn(cfg, trainer, make_eval_iterators)
+        trainer, data_iter, eval_fn = _prepare(cfg, run_dir, checkpoint_dir)
     except (ValueError, FileNotFoundError) as e:  # a config that cannot run (an unknown eval task...)
         return fail(str(e), 2)
-    checkpointer = Checkpointer(cfg.checkpoint.directory or run_dir / "checkpoints", cfg.checkpoint)
+    checkpointer = Checkpointer(checkpoint_dir, cfg.checkpoint)
     data_state = None
     if checkpointer.latest_step() is None:
         state = trainer.fresh_state()
@@ -155,17 +175,19 @@ def _train(cfg: TrainConfig, run_dir: Path) -> int:
         if data_state is not None:
             data_iter.set_state(data_state)
         log.info("resumed from %s at step %d", checkpointer.directory, step)
+    start = int(jax.device_get(state["step"]))
+    save_run_config(run_dir, cfg, start)
 
     peak, peak_source = total_peak_flops(jax.devices(), cfg.metrics.peak_flops)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     throughput = Throughput(tokens_per_step, flops_per_token(cfg.model, cfg.data.seq_len), peak)
-    start = int(jax.device_get(state["step"]))
     writer = MetricsWriter(run_dir, cfg.metrics, cfg.steps, start, cfg.model_dump(mode="json"))
     writer.message(
         f"ipt train: {sum(p.size for p in jax.tree.leaves(trainer.parts.params)):,} parameters, mesh {dict(trainer.mesh.shape)}, "
         f"{tokens_per_step:,} tokens/step, steps {start}->{cfg.steps}, peak {peak:.3g} FLOP/s ({peak_source})"
     )
     loop = Loop(
+        watcher=watcher,
         train_step=trainer.train_step,
         eval_fn=eval_fn,
         rest=trainer.parts.rest,
@@ -182,14 +204,35 @@ def _train(cfg: TrainConfig, run_dir: Path) -> int:
     batches = BatchPrefetcher(data_iter)
     try:
         state, why = loop.run(state, batches, data_state)
+        checkpointer.close()
         writer.message(f"ipt train: {why} at step {int(jax.device_get(state['step']))}")
     except NonFiniteError as e:
+        checkpointer.close()
         return fail(str(e), EXIT_NONFINITE)
+    except CheckpointWriteError as e:  # a full disk: one line, not Orbax's threads' tracebacks
+        checkpointer.close(raise_errors=False)
+        return fail(str(e), EXIT_CHECKPOINT_WRITE)
+    except ShardError as e:  # a damaged record met mid-run (names the shard and record)
+        checkpointer.close(raise_errors=False)
+        return fail(str(e), 2)
     finally:
         batches.close()
-        checkpointer.close()
         writer.close()
     return 0
+
+
+def save_run_config(run_dir: Path, cfg: TrainConfig, step: int) -> None:
+    """Write the run's config (once the run is known to start); a changed one keeps the old beside it."""
+    import yaml
+
+    from ipt.train.loop import write_run_file
+
+    path, text = run_dir / CONFIG_FILE, dump_config(cfg)
+    if step and path.exists():
+        saved = path.read_text(encoding="utf-8")
+        if config_differences(yaml.safe_load(saved), yaml.safe_load(text)):
+            write_run_file(run_dir / f"config.before-step-{step}.yaml", saved)
+    write_run_file(path, text)
 
 
 def check_vocabulary(cfg: TrainConfig) -> None:
