@@ -7,7 +7,8 @@ chained (ipt.synth.rounds). A chunk's collections are written to a temporary fil
 to `chunk-NNNNNN.jsonl`; then its stats are written the same way to `chunk-NNNNNN.stats.json`,
 which marks the chunk complete. A restarted run skips complete chunks and redoes the rest, so
 a run killed at any point loses and duplicates nothing. The chunking does not depend on
-num_shards: a job may be re-split between restarts.
+num_shards: a job may be re-split between restarts. `executor=ray` (ipt.synth.cluster) hands the
+same chunks to engine actors on a Ray cluster; both executors run `synthesize_chunk`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +33,27 @@ from ipt.synth.rounds import synthesize_chains
 
 SETTINGS_FILE = "synth.json"
 OUTPUT_FORMAT = "ipt-read-collections/1"  # a JSON list of {context, QA_list, ...} per line
-NOT_OUTPUT_DECIDING = {"shard", "num_shards", "progress", "gpu_memory_utilization"}
+NOT_OUTPUT_DECIDING = {"shard", "num_shards", "progress", "gpu_memory_utilization", "executor", "ray"}
+
+
+class UsageError(Exception):
+    """A run that cannot start as configured (e.g. a missing optional dependency); exit status 2."""
+
+
+class RayExecutorConfig(Config):
+    """Where the Ray executor runs and what each engine actor asks the cluster for."""
+
+    address: str | None = Field(
+        None,
+        description="auto | HOST:PORT | ray://HOST:PORT; unset: RAY_ADDRESS, a Ray on this machine, else a new one",
+    )
+    num_actors: int | None = Field(None, ge=1, description="unset: as many as the cluster's resources hold")
+    num_cpus: float = Field(1.0, ge=0.0, description="CPUs per actor")
+    num_gpus: float | None = Field(
+        None, ge=0.0, description="GPUs per actor; unset: tensor_parallel_size (vllm), else 0"
+    )
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor")
+    max_chunk_attempts: int = Field(3, ge=1, description="a chunk whose actor dies this often stops the job")
 
 
 class SynthesizeConfig(Config):
@@ -64,6 +86,8 @@ class SynthesizeConfig(Config):
     batch_size: int = Field(8, ge=1, description="hf, jax: prompts per generate call")
     device: str = Field("auto", description="hf: cpu | cuda | auto")
     progress: bool = True
+    executor: Literal["local", "ray"] = Field("local", description="local: this process | ray: engine actors")
+    ray: RayExecutorConfig = Field(default_factory=RayExecutorConfig, description="executor=ray")
 
     @model_validator(mode="after")
     def _check(self) -> SynthesizeConfig:
@@ -147,17 +171,81 @@ def _check_settings(cfg: SynthesizeConfig, files: list[Path], out: Path) -> None
     write_atomic(path, json.dumps(settings, indent=1, ensure_ascii=False) + "\n")
 
 
-def _chunks(docs: Iterator[Document], size: int) -> Iterator[tuple[int, list[Document]]]:
-    """Consecutive records grouped as (chunk index, records)."""
+@dataclass(frozen=True)
+class Chunk:
+    """`chunk_texts` consecutive input records; its index names its output files."""
+
+    index: int
+    docs: list[Document]
+
+
+def _chunks(docs: Iterator[Document], size: int) -> Iterator[Chunk]:
+    """Consecutive records grouped into chunks, numbered from 0."""
     buf: list[Document] = []
-    chunk = 0
+    index = 0
     for doc in docs:
         buf.append(doc)
         if len(buf) == size:
-            yield chunk, buf
-            buf, chunk = [], chunk + 1
+            yield Chunk(index, buf)
+            buf, index = [], index + 1
     if buf:
-        yield chunk, buf
+        yield Chunk(index, buf)
+
+
+@dataclass
+class Tally:
+    """What a run counted: chunk stats (done before and now), skipped input lines, chunks."""
+
+    stats: Counter = field(default_factory=Counter)
+    reading: Counter = field(default_factory=Counter)
+    chunks: Counter = field(default_factory=Counter)
+
+    def add_done(self, stats: dict[str, Any], key: str) -> None:
+        self.stats.update({k: v for k, v in stats.items() if k != "pairs_per_text"})
+        self.chunks[key] += 1
+
+
+def completed_stats(out: Path, index: int) -> dict[str, Any] | None:
+    """The stats of chunk `index` if its completion marker exists."""
+    stats_path = chunk_paths(out, index)[1]
+    return json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else None
+
+
+def pending_chunks(cfg: SynthesizeConfig, files: list[Path], tally: Tally) -> Iterator[Chunk]:
+    """This shard's chunks that have no completion marker, in order; complete ones go to `tally`.
+
+    Reading is lazy: a malformed line raises BadInputError when its chunk is reached."""
+    out = Path(cfg.output_dir)
+    records = iter_records(files, skip_bad=cfg.skip_bad, stats=tally.reading)
+    for chunk in _chunks(records, cfg.chunk_texts):
+        tally.chunks["chunks_total"] += 1
+        if chunk.index % cfg.num_shards != cfg.shard:
+            continue
+        done = completed_stats(out, chunk.index)
+        if done is not None:
+            tally.add_done(done, "chunks_already_done")
+            continue
+        yield chunk
+
+
+def synthesize_chunk(
+    cfg: SynthesizeConfig,
+    engine: Engine,
+    chunk: Chunk,
+    on_round: Callable[[int, int, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Synthesize one chunk, write its collections, then its stats (the completion marker)."""
+    stats: Counter = Counter()
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.seed)
+    texts = prepare_texts(cfg, chunk.docs, engine, stats)
+    chains = synthesize_chains(texts, cfg.rounds, engine, sampling, cfg.budget, stats, on_round)
+    stats["collections"] = len(chains)
+    lines = "".join(json.dumps([e.to_json() for e in c], ensure_ascii=False) + "\n" for c in chains)
+    data_path, stats_path = chunk_paths(Path(cfg.output_dir), chunk.index)
+    write_atomic(data_path, lines)
+    summary = summarize(stats)
+    write_atomic(stats_path, json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def prepare_texts(cfg: SynthesizeConfig, docs: list[Document], engine: Engine, stats: Counter) -> list[str]:
@@ -244,68 +332,68 @@ def summarize(counts: Counter) -> dict[str, Any]:
     return out
 
 
-def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
-    """Run shard `cfg.shard` of `cfg.num_shards`; return the shard's stats (also written to disk)."""
-    files = expand_inputs(cfg.input)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(cfg, files, out)
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.seed)
-    read_stats: Counter = Counter()
-    totals: Counter = Counter()
-    run: Counter = Counter()
+def _run_locally(cfg: SynthesizeConfig, chunks: Iterator[Chunk], tally: Tally, progress: Progress) -> None:
+    """One engine in this process, loaded only if some chunk is left to do."""
     engine: Engine | None = None
-    progress = Progress(cfg.progress)
-    start = time.perf_counter()
     try:
-        for chunk, docs in _chunks(
-            iter_records(files, skip_bad=cfg.skip_bad, stats=read_stats), cfg.chunk_texts
-        ):
-            run["chunks_total"] += 1
-            if chunk % cfg.num_shards != cfg.shard:
-                continue
-            data_path, stats_path = chunk_paths(out, chunk)
-            if stats_path.exists():
-                done = json.loads(stats_path.read_text(encoding="utf-8"))
-                totals.update({k: v for k, v in done.items() if k != "pairs_per_text"})
-                run["chunks_already_done"] += 1
-                continue
+        for chunk in chunks:
             engine = engine or make_engine(cfg)
-            stats: Counter = Counter()
-            texts = prepare_texts(cfg, docs, engine, stats)
-            chains = synthesize_chains(texts, cfg.rounds, engine, sampling, cfg.budget, stats, progress)
-            stats["collections"] = len(chains)
-            lines = "".join(json.dumps([e.to_json() for e in c], ensure_ascii=False) + "\n" for c in chains)
-            write_atomic(data_path, lines)
-            write_atomic(stats_path, json.dumps(summarize(stats), indent=1) + "\n")
-            totals.update(stats)
-            run["chunks_done_now"] += 1
+            tally.add_done(synthesize_chunk(cfg, engine, chunk, progress), "chunks_done_now")
     finally:
-        progress.close()
         if engine is not None:
             engine.close()
-    seconds = time.perf_counter() - start
-    summary = summarize(totals)
-    summary.update({k: read_stats.get(k, 0) for k in ("bad_lines", "non_utf8_lines")})
-    summary.update(run)
+
+
+def _write_summary(cfg: SynthesizeConfig, tally: Tally, seconds: float, texts_now: int) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    summary = summarize(tally.stats)
+    summary.update({k: tally.reading.get(k, 0) for k in ("bad_lines", "non_utf8_lines")})
+    summary.update(
+        {k: tally.chunks.get(k, 0) for k in ("chunks_total", "chunks_already_done", "chunks_done_now")}
+    )
+    summary.update(sorted((k, v) for k, v in tally.chunks.items() if k not in summary))
     summary.update(shard=cfg.shard, num_shards=cfg.num_shards, seconds=round(seconds, 3))
-    summary["texts_per_second_now"] = round(progress.totals["texts"] / seconds, 3) if seconds else 0.0
+    summary["texts_per_second_now"] = round(texts_now / seconds, 3) if seconds else 0.0
     name = f"stats.shard-{cfg.shard:05d}-of-{cfg.num_shards:05d}.json"
     write_atomic(out / name, json.dumps(summary, indent=1) + "\n")
     print(
         f"ipt synthesize: shard {cfg.shard}/{cfg.num_shards}: {summary.get('texts', 0)} texts, "
-        f"{summary['pairs_per_text']} pairs/text, {run['chunks_done_now']} chunks written, "
-        f"{run['chunks_already_done']} already done -> {out / name}",
+        f"{summary['pairs_per_text']} pairs/text, {summary['chunks_done_now']} chunks written, "
+        f"{summary['chunks_already_done']} already done -> {out / name}",
         file=sys.stderr,
     )
     return summary
+
+
+def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
+    """Run shard `cfg.shard` of `cfg.num_shards`; return the shard's stats (also written to disk)."""
+    files = expand_inputs(cfg.input)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, files, Path(cfg.output_dir))
+    execute = _run_locally
+    if cfg.executor == "ray":
+        try:
+            from ipt.synth.cluster import run_on_ray
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise UsageError("executor=ray needs Ray: pip install 'ipt[ray]'") from None
+        execute = run_on_ray
+    tally = Tally()
+    progress = Progress(cfg.progress)
+    start = time.perf_counter()
+    try:
+        execute(cfg, pending_chunks(cfg, files, tally), tally, progress)
+    finally:
+        progress.close()
+    return _write_summary(cfg, tally, time.perf_counter() - start, progress.totals["texts"])
 
 
 def main(argv: list[str] | None = None) -> int:
     def _run(cfg: SynthesizeConfig) -> int:
         try:
             synthesize(cfg)
-        except BadInputError as e:
+        except (BadInputError, UsageError) as e:
             print(f"ipt synthesize: error: {e}", file=sys.stderr)
             return 2
         return 0
