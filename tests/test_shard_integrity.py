@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from array_record.python.array_record_module import ArrayRecordReader
+from test_train_loop import MODEL  # a step takes tens of milliseconds here
 
 from ipt.data.integrity import ShardError, ShardReadError, check_sources, wants_checksums
 from ipt.data.pipeline import DataConfig, make_batch_iterator
@@ -25,17 +26,6 @@ from ipt.data.tokenize import TokenizeConfig, tokenize
 from ipt.train.run import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {  # the tiny model of test_train_loop.py: a step takes tens of milliseconds here
-    "base": str(ROOT / "configs/model/tiny.yaml"),
-    "vocab_size": 4096,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "head_dim": 32,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-}
 
 
 @pytest.fixture(scope="module")
