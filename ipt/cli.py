@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ipt.eval.run:main",
         "score a model: lm-eval tasks (paper = the nine), domain tasks, bits-per-byte",
     ),
+    "sweep": (
+        "ipt.sweep.run:main",
+        "one experiment over a grid of overrides: run or print the points, summarize",
+    ),
     "compile": (
         "ipt.train.aot:main",
         "compile the train step for a TPU slice (AOT) and print its memory fit",
