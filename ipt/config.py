@@ -202,8 +202,11 @@ def _describe(err: dict, schema: type[BaseModel], origin: dict[str, str]) -> str
         return f"unknown key `{key}` (set in {where}){hint}"
     if err["type"] == "missing":
         return f"missing required value `{key}`: set it in the config file or as {key}=..."
+    message = err["msg"].removeprefix("Value error, ")
+    if isinstance(err.get("input"), dict):  # a check across keys: its message names them
+        return f"{message} (in `{key}`)" if loc else message
     given = f" (got {err['input']!r}, set in {where})" if "input" in err else ""
-    return f"`{key}`: {err['msg']}{given}"
+    return f"`{key}`: {message}{given}"
 
 
 def load_config(schema: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:

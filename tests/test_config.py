@@ -124,3 +124,22 @@ def test_cli_unknown_command(capsys):
     assert ipt_main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert ipt_main(["--help"]) == 0
+
+
+def test_a_check_across_keys_names_them_not_the_whole_config(tmp_path, capsys):
+    """Cross-field validators used to print `(top level)` and the whole config as the input."""
+    from pathlib import Path
+
+    from ipt.train.config import TrainConfig
+
+    tiny = Path(__file__).resolve().parents[1] / "configs/model/tiny.yaml"
+    (tmp_path / "t.yaml").write_text(
+        f"run_dir: r\nsteps: 2\nmodel: {{base: {tiny}}}\ndata: {{sources: [{{name: a, path: a}}], batch_size: 8}}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, tmp_path / "t.yaml", ["grad_accum=3"])
+    (line,) = str(e.value).splitlines()[1:]
+    assert line.strip() == "data.batch_size=8 is not divisible by grad_accum=3"
+    assert ipt_main(["synthesize", "input=x", "output_dir=y", "shard=2", "num_shards=2"]) == 2
+    err = capsys.readouterr().err
+    assert "shard=2 must be below num_shards=2" in err and "top level" not in err and "{" not in err
