@@ -191,14 +191,25 @@ def _item_annotation(annotation: Any) -> Any:
     return None
 
 
+def closest_key(name: str, keys: Sequence[str]) -> str | None:
+    """The key a mistyped `name` most likely meant: one holding all of its words
+    (`num_layers` -> `num_hidden_layers`), else the closest spelling (`wieght` -> `weight`)."""
+    words = set(name.lower().split("_"))
+    holding = [k for k in keys if words <= set(k.lower().split("_"))]
+    if holding:
+        return min(holding, key=len)
+    close = difflib.get_close_matches(name, list(keys), n=1)
+    return close[0] if close else None
+
+
 def _describe(err: dict, schema: type[BaseModel], origin: dict[str, str]) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))]
     key = ".".join(str(p) for p in loc) or "(top level)"
     where = origin.get(key, CLI)
     if err["type"] == "extra_forbidden":
         owner = _model_at(schema, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields) if owner else [], n=1)
-        hint = f"; did you mean `{'.'.join([*map(str, loc[:-1]), close[0]])}`?" if close else ""
+        close = closest_key(str(loc[-1]), list(owner.model_fields) if owner else [])
+        hint = f"; did you mean `{'.'.join([*map(str, loc[:-1]), close])}`?" if close else ""
         return f"unknown key `{key}` (set in {where}){hint}"
     if err["type"] == "missing":
         return f"missing required value `{key}`: set it in the config file or as {key}=..."

@@ -143,3 +143,12 @@ def test_a_check_across_keys_names_them_not_the_whole_config(tmp_path, capsys):
     assert ipt_main(["synthesize", "input=x", "output_dir=y", "shard=2", "num_shards=2"]) == 2
     err = capsys.readouterr().err
     assert "shard=2 must be below num_shards=2" in err and "top level" not in err and "{" not in err
+
+
+def test_a_suggestion_prefers_the_key_that_holds_every_word():
+    from ipt.config import closest_key
+
+    keys = ["num_hidden_layers", "scan_layers", "num_attention_heads", "weight"]
+    assert closest_key("num_layers", keys) == "num_hidden_layers"  # difflib alone says scan_layers
+    assert closest_key("wieght", keys) == "weight"
+    assert closest_key("zzz", keys) is None
