@@ -152,3 +152,20 @@ def test_a_suggestion_prefers_the_key_that_holds_every_word():
     assert closest_key("num_layers", keys) == "num_hidden_layers"  # difflib alone says scan_layers
     assert closest_key("wieght", keys) == "weight"
     assert closest_key("zzz", keys) is None
+
+
+def test_a_sequence_length_splash_cannot_run_is_a_config_error(tmp_path):
+    """It used to be a traceback from inside the kernel at the first step."""
+    from pathlib import Path
+
+    from ipt.train.config import TrainConfig
+
+    tiny = Path(__file__).resolve().parents[1] / "configs/model/tiny.yaml"
+    (tmp_path / "t.yaml").write_text(
+        f"run_dir: r\nsteps: 2\nmodel: {{base: {tiny}, attention: splash}}\ndata: {{sources: [{{name: a, path: a}}]}}\n"
+    )
+    for bad in (100, 640):
+        with pytest.raises(ConfigError, match=rf"data.seq_len={bad}: attention=splash needs"):
+            load_config(TrainConfig, tmp_path / "t.yaml", [f"data.seq_len={bad}"])
+    for good in (128, 384, 1024):
+        assert load_config(TrainConfig, tmp_path / "t.yaml", [f"data.seq_len={good}"]).data.seq_len == good

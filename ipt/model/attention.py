@@ -80,6 +80,17 @@ def cudnn_attention(
     )
 
 
+SPLASH_BLOCK = 512
+
+
+def splash_length_problem(seq: int) -> str | None:
+    """Why splash cannot run `seq` tokens (its blocks are min(512, seq) and a multiple of 128), or None."""
+    block = min(SPLASH_BLOCK, seq)
+    if seq % 128 or seq % block:
+        return f"attention=splash needs a sequence length that is a multiple of 128, and of {SPLASH_BLOCK} above {SPLASH_BLOCK}"
+    return None
+
+
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, seq: int, sliding_window: int | None, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
@@ -89,7 +100,7 @@ def _splash_kernel(heads: int, seq: int, sliding_window: int | None, interpret: 
         head_mask = masks.CausalMask((seq, seq))
     else:
         head_mask = masks.LocalMask((seq, seq), window_size=(sliding_window - 1, 0), offset=0)
-    block = min(512, seq)
+    block = min(SPLASH_BLOCK, seq)
     sizes = kernel.BlockSizes(
         block_q=block,
         block_kv_compute=block,

@@ -99,6 +99,12 @@ class TrainConfig(Config):
             raise ValueError(
                 f"data.batch_size={self.data.batch_size} is not divisible by grad_accum={self.grad_accum}"
             )
+        if self.model.attention == "splash":
+            from ipt.model.attention import splash_length_problem
+
+            problem = splash_length_problem(self.data.seq_len)
+            if problem:
+                raise ValueError(f"data.seq_len={self.data.seq_len}: {problem} (model.attention)")
         if self.data.seq_len > self.model.max_position_embeddings:
             raise ValueError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
