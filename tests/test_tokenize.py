@@ -274,3 +274,15 @@ def test_txt_files_are_whole_documents_whatever_the_text_field(tmp_path, mistral
         "shard-00000-00000.array_record",
         "shard-00001-00000.array_record",
     ]
+
+
+def test_an_unknown_tokenizer_name_fails_at_once_offline(tmp_path, capsys):
+    """It used to retry the hub for about a minute before an OSError."""
+    from ipt.data.tokenizer import TokenizerNotFoundError, load_tokenizer
+
+    with pytest.raises(TokenizerNotFoundError, match="neither a local directory, a built-in name"):
+        load_tokenizer("no-such-org/no-such-tokenizer")
+    (tmp_path / "x.jsonl").write_text(json.dumps({"text": "a"}) + "\n")
+    code = main([f"input={tmp_path / 'x.jsonl'}", f"output_dir={tmp_path / 'out'}", "tokenizer=no-such/tok"])
+    assert code != 0 and "no-such/tok" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -11,10 +11,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from ipt.data.readers import BadInputError
 
 BUILTIN = {"mistral-v1": "tokenizer.model.v1"}
 
@@ -63,8 +67,40 @@ def resolve_tokenizer(spec: str) -> str:
     return str(builtin_tokenizer_dir(spec)) if spec in BUILTIN else spec
 
 
+class TokenizerNotFoundError(BadInputError):
+    """The tokenizer name is no directory, no built-in and no cached hub name, and the hub is out of reach."""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all (offline mode, or no route to it: no)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(resolve_tokenizer(spec))
+    """A built-in name, a local directory, or a hub name (from the cache first; the hub only if
+    it can be reached, so an unknown name fails at once offline instead of after a minute of retries)."""
+    name = resolve_tokenizer(spec)
+    if Path(name).exists():
+        return AutoTokenizer.from_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except OSError:
+        if not hub_reachable():
+            raise TokenizerNotFoundError(
+                f"tokenizer {spec!r} is neither a local directory, a built-in name "
+                f"({', '.join(BUILTIN)}), nor a hub name in the local cache, and the Hugging Face hub "
+                "cannot be reached from here"
+            ) from None
+    return AutoTokenizer.from_pretrained(name)
 
 
 def vocab_hash(tok: PreTrainedTokenizerBase) -> str:

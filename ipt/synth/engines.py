@@ -84,11 +84,9 @@ class TokenCounter:
 
 def _padding_tokenizer(name: str) -> Any:
     """The HF tokenizer of `name`, padding on the left (prompts end where generation starts)."""
-    from transformers import AutoTokenizer
+    from ipt.data.tokenizer import load_tokenizer
 
-    from ipt.data.tokenizer import resolve_tokenizer
-
-    tok = AutoTokenizer.from_pretrained(resolve_tokenizer(name))
+    tok = load_tokenizer(name)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
