@@ -2,7 +2,7 @@
 
 Each entry names `module:function`; the function takes the remaining arguments and returns an
 exit code. Config-driven stages parse `[--config FILE] [dotted.key=value ...]` with
-`ipt.config.run_stage`. Modules are imported only when their command runs, so `ipt --help`
+`ipt.stage.run_stage`. Modules are imported only when their command runs, so `ipt --help`
 stays fast and a stage's heavy dependencies (JAX, PyTorch) load only where needed.
 """
 

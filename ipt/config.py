@@ -14,7 +14,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -262,27 +262,3 @@ def describe_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
 def dump_config(cfg: BaseModel) -> str:
     """The config as YAML, for manifests and run directories."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def run_stage(schema: type[C], fn: Callable[[C], Any], argv: Sequence[str], prog: str) -> int:
-    """Parse `[--config FILE] [dotted.key=value ...]`, validate, call `fn(config)`; print errors."""
-    import argparse
-    import sys
-
-    doc = (schema.__doc__ or "").strip()
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="keys (set in --config FILE or as dotted.key=value):\n  " + "\n  ".join(describe_keys(schema)),
-    )
-    parser.add_argument("--config", help="YAML config file (may name bases with `base:`)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(schema, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    result = fn(cfg)
-    return result if isinstance(result, int) else 0

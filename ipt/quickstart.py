@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ipt.config import Config, load_config, run_stage
+from ipt.config import Config, load_config
+from ipt.stage import run_stage
 
 CORPUS = Path(__file__).parent / "assets" / "corpus.jsonl.gz"
 REPO = Path(__file__).resolve().parents[1]

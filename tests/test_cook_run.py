@@ -16,7 +16,7 @@ from ipt.cook.reader import iter_collections
 from ipt.cook.render import cook_collection
 from ipt.cook.run import MANIFEST, CookConfig, cook, main
 from ipt.cook.synthetic import synthetic_collections
-from ipt.data.readers import BadInputError
+from ipt.stage import BadInputError
 
 GOLDEN = Path(__file__).parent / "golden"
 RELEASED = GOLDEN / "released_corpus_lines.jsonl"

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from ipt.data.readers import BadInputError, expand_inputs, get_field, iter_records
+from ipt.data.readers import expand_inputs, get_field, iter_records
+from ipt.stage import BadInputError
 
 DOCS = [{"text": "alpha"}, {"text": "beta \u00e9"}, {"text": "gamma"}]
 
@@ -72,3 +73,45 @@ def test_unmatched_glob_and_unknown_suffix(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(BadInputError, match="unsupported file type"):
         expand_inputs(str(tmp_path / "x.csv"))
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated.jsonl.gz", "not-gzip.jsonl.gz", "truncated.jsonl.zst", "truncated.parquet"]
+)
+def test_damaged_compressed_and_parquet_files_are_named(kind, tmp_path):
+    docs = [{"text": f"document {i} " * 50} for i in range(200)]
+    path = tmp_path / kind
+    if kind.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(docs), path)
+        whole = path.read_bytes()
+    elif kind.endswith(".zst"):
+        whole = zstandard.ZstdCompressor().compress(_jsonl(docs))
+    else:
+        whole = gzip.compress(_jsonl(docs))
+    path.write_bytes(b"plain text, not gzip\n" if kind.startswith("not-") else whole[: len(whole) // 2])
+    with pytest.raises(
+        BadInputError, match=rf"^{path}: (cannot be decompressed after line \d+|not a readable parquet)"
+    ):
+        list(iter_records([path]))
+
+
+def test_a_lone_surrogate_is_replaced_and_counted(tmp_path):
+    """Valid JSON, invalid Unicode: `tokenizers` used to crash on it inside tokenize and synthesize."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "a \\ud800 b"}\n{"text": "pair \\ud83d\\ude00 ok"}\n')
+    stats = Counter()
+    texts = [d.record["text"] for d in iter_records([path], stats=stats)]
+    assert texts == ["a \ufffd b", "pair \U0001f600 ok"] and stats["lone_surrogate_lines"] == 1
+    assert all(t.encode("utf-8") for t in texts)
+
+
+@pytest.mark.parametrize("stage", ["cook", "tokenize", "synthesize"])
+def test_a_missing_input_is_one_line_and_exit_2_in_every_stage(stage, tmp_path, capsys):
+    from ipt.cli import main
+
+    args = [stage, f"input={tmp_path}/none.jsonl", f"output_dir={tmp_path}/out"]
+    args += {"cook": [], "tokenize": ["tokenizer=mistral-v1"], "synthesize": ["engine=rules"]}[stage]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"ipt {stage}: error: input '{tmp_path}/none.jsonl' matches no file"
+    assert not any("Traceback" in line for line in err) and not (tmp_path / "out").exists()

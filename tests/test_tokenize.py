@@ -17,8 +17,8 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 from transformers import AutoTokenizer
 
-from ipt.data.readers import BadInputError
 from ipt.data.tokenize import TokenizeConfig, main, tokenize
+from ipt.stage import BadInputError
 
 CORPUS_GZ = Path(__file__).resolve().parents[1] / "ipt" / "assets" / "corpus.jsonl.gz"
 
@@ -163,7 +163,13 @@ def test_skip_bad_counts_lines_records_and_empty_docs(tmp_path, mistral_tokenize
     ]
     src = write_jsonl(tmp_path / "mixed.jsonl", rows)
     manifest, docs = read_shard_dir(run(tmp_path, mistral_tokenizer_dir, src, skip_bad=True, loss_mask=True))
-    assert manifest["stats"] == {"empty_docs": 2, "bad_lines": 2, "bad_records": 2, "non_utf8_lines": 0}
+    assert manifest["stats"] == {
+        "empty_docs": 2,
+        "bad_lines": 2,
+        "bad_records": 2,
+        "non_utf8_lines": 0,
+        "lone_surrogate_lines": 0,
+    }
     assert manifest["inputs"][0]["stats"] == manifest["stats"]
     tok = AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
     assert [tok.decode(ids[1:-1].tolist()) for ids, _ in docs] == ["one", "two"]
@@ -254,7 +260,7 @@ def test_cli_help_lists_keys_and_errors_exit_nonzero(tmp_path, capsys, mistral_t
         "skip_bad:",
     ):
         assert key in help_text
-    assert main([f"input={tmp_path}/none.jsonl", f"output_dir={tmp_path}/o", "tokenizer=x"]) == 1
+    assert main([f"input={tmp_path}/none.jsonl", f"output_dir={tmp_path}/o", "tokenizer=x"]) == 2
     assert "matches no file" in capsys.readouterr().err
     assert main(["inptu=a.jsonl"]) == 2
     assert "did you mean `input`" in capsys.readouterr().err

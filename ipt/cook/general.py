@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ipt.cook.pairs import strip_markers
-from ipt.data.readers import BadInputError, Document, get_field
+from ipt.data.readers import Document, get_field
+from ipt.stage import BadInputError
 
 LossOn = Literal["all", "response"]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ipt.cook.render import Entry
-from ipt.data.readers import BadInputError, iter_lines
+from ipt.data.readers import iter_lines
+from ipt.stage import BadInputError
 
 COLLECTION_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json")
 

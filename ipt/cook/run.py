@@ -23,13 +23,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ipt.config import Config, run_stage
+from ipt.config import Config
 from ipt.cook.general import format_instruction
 from ipt.cook.pools import default_pools
 from ipt.cook.reader import iter_collections
 from ipt.cook.render import cook_collection
 from ipt.data.readers import expand_inputs, iter_records
 from ipt.data.records import atomic_write_text
+from ipt.stage import run_stage
 
 FORMAT = "ipt.cook"
 FORMAT_VERSION = 1

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from pydantic import Field, field_validator
 
-from ipt.config import run_stage
 from ipt.data.pipeline import DataConfig
 from ipt.data.sources import open_sources
+from ipt.stage import run_stage
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 _COUNT = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)

@@ -28,9 +28,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 import ipt
-from ipt.config import Config, run_stage
+from ipt.config import Config
 from ipt.data import shard_writer
-from ipt.data.readers import BadInputError, Document, expand_inputs, get_field, iter_records
+from ipt.data.readers import Document, expand_inputs, get_field, iter_records
 from ipt.data.records import (
     SHARD_SUFFIX,
     Manifest,
@@ -41,11 +41,12 @@ from ipt.data.records import (
     write_manifest,
 )
 from ipt.data.shard_writer import Segments, ShardTask
+from ipt.stage import BadInputError, run_stage
 
 STATE_DIR = ".ipt-tokenize"
 TEMP_SHARD = re.compile(r"\.shard-(\d+)-\d+\.array_record\.\d+\.tmp")
 RUN_FILE = "run.json"
-STAT_KEYS = ("empty_docs", "bad_lines", "bad_records", "non_utf8_lines")
+STAT_KEYS = ("empty_docs", "bad_lines", "bad_records", "non_utf8_lines", "lone_surrogate_lines")
 SKIP_HINT = "; pass skip_bad=true to count and skip such records"
 HOST_KEYS = frozenset({"output_dir", "num_workers", "shard", "num_shards", "progress"})
 
@@ -316,7 +317,7 @@ class _Run:
             num_docs=sum(s.num_docs for s in shards),
             num_tokens=sum(s.num_tokens for s in shards),
             inputs=[{k: r[k] for k in ("path", "bytes", "num_docs", "num_tokens", "stats")} for r in records],
-            stats={k: sum(r["stats"][k] for r in records) for k in STAT_KEYS},
+            stats={k: sum(r["stats"].get(k, 0) for r in records) for k in STAT_KEYS},
             config=self.identity,
             ipt_version=ipt.__version__,
         )
@@ -359,11 +360,7 @@ def tokenize(cfg: TokenizeConfig) -> Manifest | None:
 
 
 def _run(cfg: TokenizeConfig) -> int:
-    try:
-        manifest = tokenize(cfg)
-    except BadInputError as e:
-        print(f"ipt tokenize: error: {e}", file=sys.stderr)
-        return 1
+    manifest = tokenize(cfg)  # bad input: ipt.stage prints one line, exit 2
     if manifest is None:
         print(
             f"ipt tokenize: this host's files (shard {cfg.shard} of {cfg.num_shards}) are done; "

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ipt.data.readers import BadInputError
+from ipt.stage import BadInputError
 
 BUILTIN = {"mistral-v1": "tokenizer.model.v1"}
 

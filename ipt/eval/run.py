@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ipt.config import Config, run_stage
+from ipt.config import Config
+from ipt.stage import run_stage
 from ipt.train.mesh import MeshConfig
 
 log = logging.getLogger(__name__)

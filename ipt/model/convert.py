@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ipt.config import Config, run_stage
+from ipt.config import Config
+from ipt.stage import run_stage
 
 
 class ConvertConfig(Config):

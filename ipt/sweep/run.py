@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipt.config import dump_config, run_stage
+from ipt.config import dump_config
 from ipt.data.records import atomic_write_text
+from ipt.stage import run_stage
 from ipt.sweep.config import SweepConfig
 from ipt.sweep.grid import GridError
 from ipt.sweep.markers import (

@@ -22,7 +22,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError, RayTaskError
 
-from ipt.data.readers import BadInputError
+from ipt.stage import BadInputError
 from ipt.synth.run import (
     Chunk,
     Progress,

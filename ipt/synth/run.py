@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ipt.config import Config, run_stage
-from ipt.data.readers import BadInputError, Document, expand_inputs, get_field, iter_records
+from ipt.config import Config
+from ipt.data.readers import Document, expand_inputs, get_field, iter_records
+from ipt.stage import BadInputError, run_stage
 from ipt.synth import format as wire
 from ipt.synth.engines import Engine, Sampling
 from ipt.synth.rounds import synthesize_chains
@@ -36,7 +37,7 @@ OUTPUT_FORMAT = "ipt-read-collections/1"  # a JSON list of {context, QA_list, ..
 NOT_OUTPUT_DECIDING = {"shard", "num_shards", "progress", "gpu_memory_utilization", "executor", "ray"}
 
 
-class UsageError(Exception):
+class UsageError(BadInputError):
     """A run that cannot start as configured (e.g. a missing optional dependency); exit status 2."""
 
 
@@ -391,11 +392,7 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     def _run(cfg: SynthesizeConfig) -> int:
-        try:
-            synthesize(cfg)
-        except (BadInputError, UsageError) as e:
-            print(f"ipt synthesize: error: {e}", file=sys.stderr)
-            return 2
+        synthesize(cfg)  # bad input and usage errors: ipt.stage prints one line, exit 2
         return 0
 
     return run_stage(SynthesizeConfig, _run, sys.argv[1:] if argv is None else argv, prog="ipt synthesize")

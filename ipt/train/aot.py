@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from ipt.config import run_stage
+from ipt.stage import run_stage
 from ipt.train.config import TrainConfig
 
 GIB = 1024**3

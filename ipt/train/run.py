@@ -10,7 +10,8 @@ from typing import Any
 
 import jax
 
-from ipt.config import dump_config, run_stage
+from ipt.config import dump_config
+from ipt.stage import run_stage
 from ipt.train import optim
 from ipt.train import state as st
 from ipt.train.checkpoint import Checkpointer, CheckpointWriteError, has_finished_step
