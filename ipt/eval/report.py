@@ -11,7 +11,8 @@ def _fmt(x: float) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """lm-eval's own results table, then CORE (centered accuracy), domain tasks, bits-per-byte."""
+    """lm-eval's own results table, then CORE (centered accuracy), domain tasks, bits-per-byte,
+    held-out response loss."""
     from lm_eval.utils import make_table
 
     parts = [f"# Evaluation of {report['model']}", ""]
@@ -57,11 +58,23 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if report.get("response_loss"):
+        parts += [
+            "## Held-out response loss (answer tokens only)",
+            "",
+            "| format | texts | answers | answer tokens | loss/token |",
+            "|---|---:|---:|---:|---:|",
+            *(
+                f"| {n} | {int(r['texts'])} | {int(r['answers'])} | {int(r['tokens'])} | {_fmt(r['loss'])} |"
+                for n, r in report["response_loss"].items()
+            ),
+            "",
+        ]
     return "\n".join(parts)
 
 
 def ipt_results(report: dict[str, Any]) -> dict[str, Any]:
-    """What lm-eval's results JSON does not hold: CORE, domain scores, bits-per-byte."""
+    """What lm-eval's results JSON does not hold: CORE, domain scores, bits-per-byte, response loss."""
     return {
         "model": report["model"],
         "core": report.get("core"),
@@ -70,6 +83,7 @@ def ipt_results(report: dict[str, Any]) -> dict[str, Any]:
             for name, r in report.get("domain", {}).items()
         },
         "heldout": report.get("heldout", {}),
+        "response_loss": report.get("response_loss", {}),
     }
 
 
@@ -89,4 +103,6 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
         out.update({f"eval/{name}/{k}": float(v) for k, v in result.metrics.items()})
     for name, r in report.get("heldout", {}).items():
         out[f"eval/{name}/bits_per_byte"] = r["bits_per_byte"]
+    for name, r in report.get("response_loss", {}).items():
+        out[f"eval/response_loss/{name}"] = r["loss"]
     return out

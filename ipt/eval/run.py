@@ -5,8 +5,8 @@ ipt eval model=RUN_DIR [step=N] tasks=paper [limit=100] output=DIR [log_samples=
 The model is restored onto the eval mesh (`ipt.eval.load`), wrapped in the `ipt` lm-eval model
 class, and run through `lm_eval.simple_evaluate`; `output` receives what `lm_eval
 --output_path --log_samples` writes (results JSON, per-task sample JSONL) plus `results.md`
-and `ipt_results.json` (CORE, domain scores, bits-per-byte). Files are staged in a temporary
-directory and moved in only when the whole evaluation has finished.
+and `ipt_results.json` (CORE, domain scores, bits-per-byte, held-out response loss). Files are
+staged in a temporary directory and moved in only when the whole evaluation has finished.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ class EvalConfig(Config):
     )
     heldout: list[str] = Field(default_factory=list, description="shard directories for bits-per-byte")
     heldout_docs: int | None = Field(None, gt=0, description="documents per held-out source (default: all)")
+    response_loss: list[str] = Field(
+        default_factory=list,
+        description="held-out read collections (files, globs): mean answer-token loss, cooked and Q/A format",
+    )
+    response_loss_seed: int = Field(0, ge=0, description="the `ipt cook` seed that draws the cooked format")
     max_length: int = Field(2048, gt=1, description="tokens per request (contexts are left-truncated)")
     batch_rows: int = Field(8, gt=0, description="rows per device call")
     max_gen_toks: int = Field(256, gt=0, description="default new-token limit of generation tasks")
@@ -70,7 +75,7 @@ class EvalConfig(Config):
     )
     mesh: MeshConfig = Field(default_factory=MeshConfig)
 
-    @field_validator("tasks", "domain_tasks", "heldout", mode="before")
+    @field_validator("tasks", "domain_tasks", "heldout", "response_loss", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -164,8 +169,8 @@ def evaluate(cfg: EvalConfig) -> int:
     from ipt.train.run import maybe_initialize_distributed
 
     maybe_initialize_distributed(cfg.distributed)
-    if not (cfg.tasks or cfg.domain_tasks or cfg.heldout):
-        return _fail("nothing to evaluate: set tasks=..., domain_tasks=... or heldout=...")
+    if not (cfg.tasks or cfg.domain_tasks or cfg.heldout or cfg.response_loss):
+        return _fail("nothing to evaluate: set tasks=..., domain_tasks=..., heldout=... or response_loss=...")
     try:
         lm = build_lm(cfg)
     except (EvalError, ValueError, FileNotFoundError) as e:
@@ -190,10 +195,12 @@ def evaluate(cfg: EvalConfig) -> int:
 
 
 def collect(lm, cfg: EvalConfig) -> dict:
-    """Every score of one evaluation: lm-eval's results, CORE, domain tasks, bits-per-byte."""
+    """Every score of one evaluation: lm-eval's results, CORE, domain tasks, bits-per-byte,
+    held-out response loss."""
     from ipt.eval import proxy
     from ipt.eval.domain import evaluate_domain_task
     from ipt.eval.domain_tasks import read_domain_tasks, resolve_domain_task
+    from ipt.eval.response_loss import read_entries, response_loss
 
     report: dict[str, Any] = {
         "model": lm.model_name,
@@ -201,8 +208,10 @@ def collect(lm, cfg: EvalConfig) -> dict:
         "core": None,
         "domain": {},
         "heldout": {},
+        "response_loss": {},
     }
     domain = [read_domain_tasks(resolve_domain_task(spec)) for spec in cfg.domain_tasks]  # fail early
+    responses = read_entries(cfg.response_loss) if cfg.response_loss else []
     if cfg.tasks:
         results = run_harness(lm, cfg)
         samples = results.pop("samples", {})
@@ -228,6 +237,8 @@ def collect(lm, cfg: EvalConfig) -> dict:
         report["heldout"][Path(directory).name] = proxy.bits_per_byte(
             lm.scorer, lm.tokenizer, directory, cfg.heldout_docs
         )
+    if responses:
+        report["response_loss"] = response_loss(lm.scorer, lm.tokenizer, responses, cfg.response_loss_seed)
     return report
 
 
