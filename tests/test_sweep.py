@@ -214,8 +214,10 @@ def test_toy_sweep_is_vanilla_and_instruct_over_three_seeds(monkeypatch):
     plan = make_plan(load_config(SweepConfig, "configs/sweeps/toy-3seed.yaml"))
     assert [p.name for p in plan.points] == [f"{arm}_seed-{s}_data.seed-{s}" for arm in ("vanilla", "instruct")
                                              for s in range(3)]  # fmt: skip
-    assert len(plan.stages) == 4  # tokenized raw text, and synthesize -> cook -> tokenize, once for all
+    assert not plan.stages  # the quickstart's split, synthesis and tokens are its inputs
     assert {p.config.model.hidden_size for p in plan.points} == {128}
+    instruct = next(p for p in plan.points if p.name.startswith("instruct")).config.data.sources
+    assert [(s.name, s.weight) for s in instruct] == [("raw", 0.72), ("augmented", 0.28)]
 
 
 def test_launcher_dry_run_prints_one_job_per_point_and_runs_nothing(tmp_path, sources, capsys):

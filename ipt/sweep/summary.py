@@ -43,7 +43,8 @@ def point_status(point: Point) -> str:
 
 
 def eval_scores(run_dir: Path) -> dict[str, float]:
-    """Flat numbers from ipt_results.json: core, domain/<task>/<metric>, heldout/<source>/bits_per_byte."""
+    """Flat numbers from ipt_results.json: core, domain/<task>/<metric>, heldout/<source>/bits_per_byte,
+    response_loss/<format>."""
     path = run_dir / "eval" / "ipt_results.json"
     if not path.is_file():
         return {}
@@ -57,6 +58,8 @@ def eval_scores(run_dir: Path) -> dict[str, float]:
         )
     for source, result in results.get("heldout", {}).items():
         out[f"heldout/{source}/bits_per_byte"] = result["bits_per_byte"]
+    for fmt, result in results.get("response_loss", {}).items():
+        out[f"response_loss/{fmt}"] = result["loss"]
     return out
 
 
