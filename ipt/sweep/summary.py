@@ -98,7 +98,7 @@ def seed_groups(plan: Plan, rows: list[dict[str, Any]], columns: list[str]) -> l
     numeric = [
         c
         for c in columns
-        if c == "final_train_loss" or c.startswith(("eval/", "core", "domain/", "heldout/"))
+        if c == "final_train_loss" or c.startswith(("eval/", "core", "domain/", "heldout/", "response_loss/"))
     ]
     groups: dict[str, list[tuple[Point, dict]]] = {}
     for point, row in zip(plan.points, rows, strict=True):
