@@ -13,6 +13,7 @@ new one as `config.before-step-N.yaml`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,8 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     for key in sorted(before.keys() | after.keys()):
         old, now = before.get(key, missing), after.get(key, missing)
         if old != now and _counts(key):
-            show = [
-                "(absent)" if v is missing else yaml.safe_dump(v, default_flow_style=True).strip()
-                for v in (old, now)
-            ]
-            lines.append(
-                f"{key}: {show[0].removesuffix('...').strip()} -> {show[1].removesuffix('...').strip()}"
-            )
+            show = ["(absent)" if v is missing else json.dumps(v) for v in (old, now)]
+            lines.append(f"{key}: {show[0]} -> {show[1]}")
     return lines
 
 
