@@ -9,9 +9,10 @@ from collections import Counter
 
 import pytest
 
+from ipt.collection import Entry
 from ipt.cook.pairs import OptionStyle, Pair, item_labels, parse_pair, render_options, strip_markers
 from ipt.cook.pools import POOL_DIR, POOL_FILES, default_pools, load_pools
-from ipt.cook.render import Entry, cook_collection
+from ipt.cook.render import cook_collection
 
 MARKERS = ("<CON>", "</CON>", "<QUE>", "<ANS>", "</END>", "<s>", "</s>")
 

@@ -11,12 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ipt.collection import iter_collections
 from ipt.cook.pools import default_pools
-from ipt.cook.reader import iter_collections
 from ipt.cook.render import cook_collection
 from ipt.cook.run import MANIFEST, CookConfig, cook, main
 from ipt.cook.synthetic import synthetic_collections
 from ipt.stage import BadInputError
+from ipt.stage.identity import RunChangedError
 
 GOLDEN = Path(__file__).parent / "golden"
 RELEASED = GOLDEN / "released_corpus_lines.jsonl"
@@ -39,7 +40,7 @@ def test_released_corpus_lines_cook_into_clean_texts(tmp_path):
     assert "adherence" not in texts[0]  # the MC pair whose answer matches no option is dropped
     assert "The passage states that chlorophyll absorbs red and blue light" in texts[2]
     assert not [m for t in texts for m in MARKERS if m in t]
-    stats = json.loads((tmp_path / MANIFEST).read_text())["stats"]
+    stats = json.loads((tmp_path / MANIFEST).read_text())["counts"]
     assert stats["pairs_in"] == 11 and stats["pairs_out"] == 10 and stats["dropped_mc_no_match"] == 1
     assert stats["collections"] == 2 and stats["texts"] == 3 and stats["raw_texts"] == 1
 
@@ -104,7 +105,7 @@ def test_same_seed_same_bytes_across_shards_files_and_workers(tmp_path, collecti
     assert (other / "all.jsonl").read_bytes() != reference
 
 
-def test_rerun_skips_finished_files_and_redoes_changed_settings(tmp_path, collections, capsys):
+def test_rerun_skips_finished_files_and_refuses_or_redoes_changed_settings(tmp_path, collections, capsys):
     _write_collections(tmp_path / "in.jsonl", collections[:10])
     cfg = CookConfig(input=str(tmp_path / "in.jsonl"), output_dir=str(tmp_path / "out"))
     cook(cfg)
@@ -112,8 +113,12 @@ def test_rerun_skips_finished_files_and_redoes_changed_settings(tmp_path, collec
     capsys.readouterr()
     assert cook(cfg) == {}
     assert "done earlier, skipped" in capsys.readouterr().err
-    cook(cfg.model_copy(update={"seed": 1}))
-    assert (tmp_path / "out/in.jsonl").read_bytes() != first
+    with pytest.raises(RunChangedError, match=r"seed: 0 -> 1"):
+        cook(cfg.model_copy(update={"seed": 1}))
+    assert (tmp_path / "out/in.jsonl").read_bytes() == first
+    cook(cfg.model_copy(update={"seed": 1, "on_change": "redo"}))
+    cook(cfg.model_copy(update={"seed": 1, "output_dir": str(tmp_path / "fresh")}))
+    assert (tmp_path / "out/in.jsonl").read_bytes() == (tmp_path / "fresh/in.jsonl").read_bytes() != first
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
@@ -168,7 +173,7 @@ def test_general_instructions_are_question_space_response(tmp_path):
     segments = _read_texts(masked / "orca.jsonl")
     assert segments[0] == [{"text": "What is 2+2?", "train": False}, {"text": " 4", "train": True}]
     assert ["".join(s["text"] for s in seg) for seg in segments] == ["What is 2+2? 4", "Name a colour. Blue."]
-    stats = json.loads((masked / MANIFEST).read_text())["stats"]
+    stats = json.loads((masked / MANIFEST).read_text())["counts"]
     assert stats["records"] == 3 and stats["dropped_blank"] == 1
 
 
@@ -184,7 +189,7 @@ def test_missing_instruction_field_is_named(tmp_path):
 
 def test_shard_must_be_below_num_shards(capsys):
     assert main(["input=x", "output_dir=y", "num_shards=2", "shard=2"]) == 2
-    assert "shard=2 must be < num_shards=2" in capsys.readouterr().err
+    assert "shard=2 must be below num_shards=2" in capsys.readouterr().err
 
 
 def test_synthesize_cook_tokenize_end_to_end(tmp_path, corpus_docs, mistral_tokenizer_dir):

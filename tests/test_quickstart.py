@@ -17,9 +17,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from ipt.collection import Entry, iter_collections
 from ipt.cook.pools import default_pools
-from ipt.cook.reader import iter_collections
-from ipt.cook.render import Entry, cook_collection
+from ipt.cook.render import cook_collection
 from ipt.eval.response_loss import cooked_text, kept_pairs, plain_text, response_loss
 from ipt.quickstart.plot import loss_curves_figure, save_png
 from ipt.quickstart.run import MARKER, QuickstartError, main, prepare_run_dir
@@ -177,7 +177,7 @@ def test_cooked_format_is_exactly_what_ipt_cook_renders(heldout_entries):
     layouts = set()
     for entry in heldout_entries:
         example = cooked_text(entry, 7, pools)
-        cooked = cook_collection([Entry(entry.context, entry.qa, False)], 7, pools)
+        cooked = cook_collection([Entry(entry.context, entry.pairs)], 7, pools)
         if example is None:
             assert cooked.layouts in ([], ["raw"])
             continue

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ipt.stage.identity import RunChangedError
 from ipt.synth.run import SynthesizeConfig, main, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,17 +90,25 @@ def test_restart_skips_finished_chunks_and_redoes_unfinished_ones(tmp_path, corp
     # a crash after chunk 2's data was renamed but before its marker: data present, no marker
     (out / "chunk-000002.stats.json").unlink()
     (out / "chunk-000002.jsonl").write_text("partial garbage\n")
-    (out / "chunk-000003.jsonl.tmp-12345").write_text("a dead run's temporary file")
+    (out / ".chunk-000003.jsonl.k2x9q1.tmp").write_text("a dead run's temporary file")
     again = run(corpus_file, out, chunk_texts=50)
     assert again["chunks_done_now"] == 1 and again["chunks_already_done"] == 4
-    assert {p.name: p.read_bytes() for p in out.glob("chunk-*") if ".tmp-" not in p.name} == reference
+    assert {p.name: p.read_bytes() for p in out.glob("chunk-*")} == reference
+    assert not list(out.glob(".*.tmp"))  # the dead run's temp is cleared
     assert again["texts"] == 240  # totals include the chunks done by the first run
 
 
 def test_refuses_to_mix_settings_in_one_output_dir(tmp_path, corpus_file):
     run(corpus_file, tmp_path / "out", chunk_texts=50)
-    with pytest.raises(SystemExit, match="rounds differ"):
+    with pytest.raises(RunChangedError, match=r"rounds: 2 -> 3.*on_change=redo"):
         run(corpus_file, tmp_path / "out", chunk_texts=50, rounds=3)
+    run(corpus_file, tmp_path / "fresh", chunk_texts=50, rounds=3)
+    run(corpus_file, tmp_path / "out", chunk_texts=50, rounds=3, on_change="redo")
+    assert _chunk_bytes(tmp_path / "out") == _chunk_bytes(tmp_path / "fresh")
+
+
+def _chunk_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(out.glob("chunk-*"))}
 
 
 def test_long_texts_are_truncated_or_skipped_by_real_token_count(

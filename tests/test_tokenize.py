@@ -241,7 +241,9 @@ def test_rerun_skips_complete_work_and_redoes_a_lost_shard(tmp_path, bpe_tokeniz
 def test_resuming_with_a_different_config_is_refused(tmp_path, bpe_tokenizer_dir, corpus_docs):
     inputs = _split_corpus(tmp_path, corpus_docs, 1)
     run(tmp_path, bpe_tokenizer_dir, inputs, shard_chars=40_000)
-    with pytest.raises(BadInputError, match=r"holds a tokenize run with a different config"):
+    with pytest.raises(
+        BadInputError, match=r"holds an `ipt tokenize` run that differs \(config: .*shard_chars"
+    ):
         run(tmp_path, bpe_tokenizer_dir, inputs, shard_chars=50_000)
     run(tmp_path, bpe_tokenizer_dir, inputs, shard_chars=40_000, num_workers=1)  # host-only keys may change
 

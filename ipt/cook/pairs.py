@@ -14,11 +14,13 @@ import re
 from dataclasses import dataclass
 
 from ipt.cook.pools import CotPattern, ItemStyle, OptionDelimiter, Template
+from ipt.synth import format as wire
 
-OPTIONS_MARK = "\nOptions:\n- "
-COT_SUFFIX = "Let's think step by step."
-COT_SPLIT = "Therefore, the answer is"
-MARKERS = re.compile(r"[ \t]*(?:</?CON>|<QUE>|<ANS>|</END>|</?s>)[ \t]*")
+# Matched without the surrounding whitespace the synthesizer writes, so stray spacing still parses.
+COT_SUFFIX = wire.COT_TRIGGER.strip()
+COT_SPLIT = wire.COT_ANSWER.strip()
+_WIRE_MARKERS = (wire.CON_OPEN, wire.CON_CLOSE, wire.QUE, wire.ANS, wire.END, wire.BOS, wire.EOS)
+MARKERS = re.compile(r"[ \t]*(?:" + "|".join(map(re.escape, _WIRE_MARKERS)) + r")[ \t]*")
 _MARKER_HINT = re.compile(r"</?(?:CON|QUE|ANS|END|s)>")
 
 
@@ -68,13 +70,13 @@ def parse_pair(question: str, answer: str) -> Pair | str:
             return "cot_unsplit"
     if not question or not answer:
         return "empty"
-    if OPTIONS_MARK not in question:
+    if wire.OPTIONS_HEADER not in question:
         return Pair(question, answer, rationale=rationale)
-    stem, _, block = question.partition(OPTIONS_MARK)
+    stem, _, block = question.partition(wire.OPTIONS_HEADER)
     stem = stem.strip()
     options: list[str] = []
     seen: set[str] = set()
-    for opt in block.split("\n- "):
+    for opt in block.split(wire.OPTION_SEP):
         opt = opt.strip()
         if opt and _norm(opt) not in seen:
             seen.add(_norm(opt))

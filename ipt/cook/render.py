@@ -23,6 +23,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ipt.collection import Entry
 from ipt.cook.pairs import OptionStyle, Pair, item_labels, parse_pair, render_pair, strip_markers
 from ipt.cook.pools import (
     MODES,
@@ -34,15 +35,6 @@ from ipt.cook.pools import (
     QAPattern,
     Speakers,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One entry of a read collection, as the synthesizer wrote it."""
-
-    context: str
-    qa: tuple[tuple[str, str], ...]
-    inherit_from_prev: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +73,7 @@ def collection_key(seed: int, entries: list[Entry]) -> int:
     h = hashlib.blake2b(digest_size=8, key=seed.to_bytes(8, "little", signed=True))
     for e in entries:
         h.update(b"\x01" if e.inherit_from_prev else b"\x00")
-        for text in (e.context, *(s for pair in e.qa for s in pair)):
+        for text in (e.context, *(s for pair in e.pairs for s in pair)):
             raw = text.encode("utf-8", "surrogatepass")
             h.update(len(raw).to_bytes(8, "little"))
             h.update(raw)
@@ -192,7 +184,7 @@ def cook_collection(entries: list[Entry], seed: int, pools: Pools) -> Cooked:
     parsed: list[tuple[str, list[Pair]]] = []
     for entry in entries:
         pairs = []
-        for q, a in entry.qa:
+        for q, a in entry.pairs:
             stats["pairs_in"] += 1
             result = parse_pair(_clean(q, stats), _clean(a, stats))
             if isinstance(result, str):

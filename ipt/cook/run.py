@@ -3,43 +3,47 @@
 Work is split by input file: file i belongs to shard `i % num_shards`, and its texts go to one
 `.jsonl` under `output_dir` at the file's path relative to the inputs' common folder. Each
 output is written to a temp name and renamed, then a marker under `output_dir/.cook/` records
-its counts and a fingerprint of the settings, so a rerun skips finished files and redoes
-changed ones. When every input file has its marker, `cook_manifest.json` sums them up.
+its counts (ipt.stage.markers), so a rerun skips finished files. The run's identity (settings,
+pools and input contents) lives in `ipt_run.json`; a rerun of other settings is refused or,
+with on_change=redo, started afresh. When every input file has its marker, `ipt_complete.json`
+lists the outputs and sums their counts.
 Texts depend only on each collection's content and the seed (see `ipt.cook.render`), so
 sharding, worker count and file splits never change the bytes of a text.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from ipt.config import Config
+from ipt.collection import iter_collections
 from ipt.cook.general import format_instruction
 from ipt.cook.pools import default_pools
-from ipt.cook.reader import iter_collections
 from ipt.cook.render import cook_collection
-from ipt.data.readers import expand_inputs, iter_records
-from ipt.data.records import atomic_write_text
-from ipt.stage import run_stage
+from ipt.data.readers import SUFFIXES, expand_inputs, iter_records
+from ipt.stage import BadInputError, run_stage
+from ipt.stage.completion import write_completion
+from ipt.stage.files import atomic_writer, remove_stale_temps
+from ipt.stage.identity import COMPLETE_FILE, RerunConfig, claim_output_dir
+from ipt.stage.markers import read_marker, write_marker
+from ipt.stage.sharding import ShardedConfig
+from ipt.stage.workers import exit_with_parent
 
 FORMAT = "ipt.cook"
 FORMAT_VERSION = 1
-MANIFEST = "cook_manifest.json"
+MANIFEST = COMPLETE_FILE
 MARKER_DIR = ".cook"
-_INPUT_SUFFIXES = (".jsonl.gz", ".jsonl.zst", ".jsonl", ".json", ".parquet", ".txt")
 
 
-class CookConfig(Config):
+class CookConfig(ShardedConfig, RerunConfig):
     """Read collections -> instruction-augmented pre-training text (.jsonl, one text per line).
 
     With format=instructions, {question, response} records (e.g. OpenOrca) become
@@ -61,37 +65,33 @@ class CookConfig(Config):
         "all", description="instructions: `response` writes loss-mask segments for `ipt tokenize`"
     )
     skip_bad: bool = Field(False, description="count and skip malformed lines instead of stopping")
-    num_shards: int = Field(1, gt=0, description="split the input files among this many runs")
-    shard: int = Field(0, ge=0, description="this run's index when num_shards runs split the input files")
     num_workers: int = Field(1, gt=0, description="processes, each cooking whole files")
-
-    @model_validator(mode="after")
-    def _shard_in_range(self) -> CookConfig:
-        if self.shard >= self.num_shards:
-            raise ValueError(f"shard={self.shard} must be < num_shards={self.num_shards}")
-        return self
 
 
 def output_name(path: Path, root: Path) -> Path:
     """`root/a/b.jsonl.gz` -> `a/b.jsonl` (the input's place under the common folder, as .jsonl)."""
     rel = path.resolve().relative_to(root)
     name = rel.name
-    for suffix in _INPUT_SUFFIXES:
+    for suffix in SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
     return rel.with_name(name + ".jsonl")
 
 
-def _fingerprint(cfg: CookConfig, path: Path) -> str:
-    keys = ["seed", "format", "text_field", "skip_bad"]
+def output_settings(cfg: CookConfig) -> dict[str, Any]:
+    """The settings that decide the texts (with the phrasing pools' digest and the format version).
+
+    Not skip_bad: it decides whether a bad line stops the run, never what a good line becomes,
+    so a run stopped by a bad line can be finished with skip_bad=true in the same directory."""
+    keys = ["seed", "format", "text_field"]
     if cfg.format == "instructions":
         keys += ["question_field", "response_field", "loss_on"]
-    basis = {k: getattr(cfg, k) for k in keys}
-    basis.update(version=FORMAT_VERSION, input_bytes=path.stat().st_size)
+    settings = {k: getattr(cfg, k) for k in keys}
+    settings["format_version"] = FORMAT_VERSION
     if cfg.format == "collections":
-        basis["pools"] = default_pools().digest
-    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+        settings["pools"] = default_pools().digest
+    return settings
 
 
 def _texts(cfg: CookConfig, path: Path, stats: Counter) -> Iterator[str | list]:
@@ -115,40 +115,38 @@ def cook_file(cfg: CookConfig, path: Path, out: Path) -> dict[str, int]:
     """Cook one input file into `out` (atomically); returns its counts."""
     stats: Counter = Counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for text in _texts(cfg, path, stats):
-                line = json.dumps({cfg.text_field: text}, ensure_ascii=False)
-                try:
-                    f.write(line)
-                except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not valid UTF-8
-                    f.write(line.encode("utf-8", "replace").decode("utf-8"))
-                    stats["texts_with_invalid_unicode"] += 1
-                f.write("\n")
-                stats["texts"] += 1
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as f:
+        for text in _texts(cfg, path, stats):
+            line = json.dumps({cfg.text_field: text}, ensure_ascii=False)
+            try:
+                f.write(line)
+            except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not valid UTF-8
+                f.write(line.encode("utf-8", "replace").decode("utf-8"))
+                stats["texts_with_invalid_unicode"] += 1
+            f.write("\n")
+            stats["texts"] += 1
     return dict(sorted(stats.items()))
 
 
-def _cook_task(args: tuple[CookConfig, Path, Path, Path, str]) -> tuple[str, dict[str, int]]:
-    cfg, path, out, marker, fingerprint = args
+def marker_path(out_dir: Path, name: Path) -> Path:
+    return out_dir / MARKER_DIR / name.with_name(name.name + ".done.json")
+
+
+def _cook_task(args: tuple[CookConfig, Path, Path, Path]) -> tuple[str, dict[str, int]]:
+    cfg, path, out, marker = args
     stats = cook_file(cfg, path, out)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    record = {"input": str(path), "output": str(out), "fingerprint": fingerprint, "stats": stats}
-    atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
+    write_marker(marker, out, input=str(path), stats=stats)
     return str(path), stats
 
 
-def _read_marker(marker: Path) -> dict | None:
-    try:
-        return json.loads(marker.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def _discard(out_dir: Path) -> None:
+    """Remove the outputs and markers of an earlier run (on_change=redo)."""
+    markers = out_dir / MARKER_DIR
+    if markers.is_dir():
+        for marker in markers.rglob("*.done.json"):
+            rel = marker.relative_to(markers)
+            (out_dir / rel.with_name(rel.name.removesuffix(".done.json"))).unlink(missing_ok=True)
+        shutil.rmtree(markers)
 
 
 def cook(cfg: CookConfig) -> dict[str, int]:
@@ -159,54 +157,61 @@ def cook(cfg: CookConfig) -> dict[str, int]:
     names = [output_name(p, root) for p in files]
     dupes = sorted({str(n) for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"inputs map to the same output file(s) {dupes}; rename or cook them separately")
+        raise BadInputError(f"inputs map to the same output file(s) {dupes}; rename or cook them separately")
+    identity = claim_output_dir(
+        out_dir, "cook", output_settings(cfg), files, cfg.on_change, lambda: _discard(out_dir)
+    )
+    mine = {name for i, name in enumerate(names) if cfg.owns(i)}
+    remove_stale_temps(out_dir, lambda target: target in mine)
     tasks = []
-    for i, (path, name) in enumerate(zip(files, names, strict=True)):
-        if i % cfg.num_shards != cfg.shard:
+    for path, name in zip(files, names, strict=True):
+        if name not in mine:
             continue
-        marker = out_dir / MARKER_DIR / name.with_name(name.name + ".done.json")
-        fingerprint = _fingerprint(cfg, path)
-        done = _read_marker(marker)
-        if done and done.get("fingerprint") == fingerprint and (out_dir / name).exists():
+        marker = marker_path(out_dir, name)
+        if read_marker(marker, out_dir / name) is not None:
             print(f"ipt cook: {path}: done earlier, skipped", file=sys.stderr)
             continue
-        tasks.append((cfg, path, out_dir / name, marker, fingerprint))
+        tasks.append((cfg, path, out_dir / name, marker))
 
     totals: Counter = Counter()
     if cfg.num_workers > 1 and len(tasks) > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(min(cfg.num_workers, len(tasks))) as pool:
+        with multiprocessing.get_context("spawn").Pool(
+            min(cfg.num_workers, len(tasks)), initializer=exit_with_parent
+        ) as pool:
             results = list(pool.imap_unordered(_cook_task, tasks))
     else:
         results = map(_cook_task, tasks)
     for path, stats in results:
         totals.update(stats)
         print(f"ipt cook: {path}: {stats.get('texts', 0)} texts", file=sys.stderr)
-    _write_manifest(cfg, files, names, out_dir)
+    _complete_if_all_done(cfg, identity, names, out_dir)
     return dict(sorted(totals.items()))
 
 
-def _write_manifest(cfg: CookConfig, files: list[Path], names: list[Path], out_dir: Path) -> None:
-    """Once every input file (of every shard) has its marker, sum them into cook_manifest.json."""
+def _complete_if_all_done(cfg: CookConfig, identity: dict, names: list[Path], out_dir: Path) -> None:
+    """Once every input file (of every shard) is cooked, write the completion record."""
     entries = []
     for name in names:
-        done = _read_marker(out_dir / MARKER_DIR / name.with_name(name.name + ".done.json"))
+        done = read_marker(marker_path(out_dir, name), out_dir / name)
         if done is None:
             return
         entries.append({"input": done["input"], "output": str(name), "stats": done["stats"]})
     totals: Counter = Counter()
     for e in entries:
         totals.update(e["stats"])
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": cfg.model_dump(mode="json", exclude={"shard", "num_workers"}),
-        "pools_digest": default_pools().digest if cfg.format == "collections" else None,
-        "files": entries,
-        "stats": dict(sorted(totals.items())),
-    }
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_completion(
+        out_dir,
+        identity,
+        names,
+        dict(sorted(totals.items())),
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        config=cfg.model_dump(mode="json", exclude={"shard", "num_workers", "on_change"}),
+        pools_digest=default_pools().digest if cfg.format == "collections" else None,
+        files=entries,
+    )
 
 
 def _run(cfg: CookConfig) -> int:

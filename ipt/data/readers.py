@@ -15,7 +15,6 @@ and what was expected. Policies:
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 from collections import Counter
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt.stage import BadInputError
+from ipt.stage.completion import expand_paths, warn_if_unfinished
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt")
 
@@ -41,20 +41,23 @@ class Document:
 
 
 def expand_inputs(patterns: str | Sequence[str]) -> list[Path]:
-    """Globs or paths -> the sorted, de-duplicated list of files; a pattern that matches nothing is an error."""
+    """Globs, files or complete stage output directories -> the sorted, de-duplicated files.
+
+    A pattern that matches nothing, an unfinished stage directory and an unsupported suffix
+    are errors; files globbed out of an unfinished stage directory draw a warning."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     if not patterns:
         raise BadInputError("no input given")
     files: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if Path(m).is_file()]
+        matches = expand_paths(pattern)
         if not matches:
             raise BadInputError(f"input {pattern!r} matches no file")
         for m in matches:
-            if not m.endswith(SUFFIXES):
+            if not m.name.endswith(SUFFIXES):
                 raise BadInputError(f"{m}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
-        files.extend(Path(m) for m in matches)
+        files.extend(matches)
+    warn_if_unfinished(files)
     return list(dict.fromkeys(files))
 
 

@@ -13,13 +13,13 @@ uint8 (0 or 1) per token. So a reader needs only `array_record` and `numpy`:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ipt.stage.files import atomic_write_text
 
 FORMAT = "ipt.tokens"
 FORMAT_VERSION = 1
@@ -85,18 +85,6 @@ def decode_record(rec: bytes, dtype: np.dtype, has_loss_mask: bool) -> tuple[np.
     ids = np.frombuffer(rec, dtype, count=n)
     mask = np.frombuffer(rec, np.uint8, offset=n * dtype.itemsize) if has_loss_mask else None
     return ids, mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-    os.replace(tmp, path)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

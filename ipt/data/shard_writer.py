@@ -9,14 +9,17 @@ finished shard with its marker or nothing that a resumed run would trust.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ipt.data.records import WRITER_OPTIONS, atomic_write_text, encode_record
+from ipt.data.records import WRITER_OPTIONS, encode_record
+from ipt.stage.files import commit_temp, new_temp_path
+from ipt.stage.markers import read_marker as read_unit_marker
+from ipt.stage.markers import write_marker
+from ipt.stage.workers import exit_with_parent
 
 BATCH_DOCS = 256
 _state: dict = {}
@@ -46,6 +49,7 @@ class ShardTask:
 def init_worker(tokenizer_json: str, docs_done, tokens_done) -> None:
     """Pool initializer: one single-threaded tokenizer per process (processes give the parallelism)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    exit_with_parent()
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
@@ -99,7 +103,7 @@ def write_shard(task: ShardTask) -> dict:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     final = Path(task.output_dir) / task.name
-    tmp = final.with_name(f".{task.name}.{os.getpid()}.tmp")
+    tmp = new_temp_path(final)
     writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
     n_tokens = 0
     try:
@@ -115,25 +119,14 @@ def write_shard(task: ShardTask) -> dict:
                 _state["tokens_done"].value += batch_tokens
     finally:
         writer.close()
-    marker = {
-        "file": task.name,
-        "num_docs": len(task.texts),
-        "num_tokens": n_tokens,
-        "sha256": file_sha256(tmp),
-        "bytes": tmp.stat().st_size,
-    }
-    os.replace(tmp, final)
-    atomic_write_text(Path(task.state_dir) / f"{task.name}.json", json.dumps(marker) + "\n")
-    return marker
+    sha256 = file_sha256(tmp)
+    commit_temp(tmp, final)
+    marker = Path(task.state_dir) / f"{task.name}.json"
+    return write_marker(
+        marker, final, file=task.name, num_docs=len(task.texts), num_tokens=n_tokens, sha256=sha256
+    )
 
 
 def read_marker(state_dir: Path, output_dir: Path, name: str) -> dict | None:
-    """The completion marker of shard `name` if the shard is complete (marker present, size matches)."""
-    path = state_dir / f"{name}.json"
-    if not path.exists():
-        return None
-    marker = json.loads(path.read_text(encoding="utf-8"))
-    shard = output_dir / name
-    if not shard.exists() or shard.stat().st_size != marker["bytes"]:
-        return None
-    return marker
+    """The completion marker of shard `name` if the shard is complete (marker valid, size matches)."""
+    return read_unit_marker(Path(state_dir) / f"{name}.json", Path(output_dir) / name)

@@ -4,11 +4,13 @@ The input is cut deterministically into chunks, one chunk per shard: a chunk nev
 input files and closes at the first document boundary after `shard_chars` characters, so
 shard `shard-FFFFF-CCCCC.array_record` is chunk C of input file F whatever the number of
 workers or hosts. Worker processes each turn a whole chunk into a shard (see shard_writer).
-Progress lives in `<output_dir>/.ipt-tokenize/`: the run's identity (config, tokenizer, input
-sizes), one completion marker per shard and one record per finished input file. A restarted
+The run's identity (config, tokenizer, input contents) is `<output_dir>/ipt_run.json`
+(ipt.stage.identity); progress lives in `<output_dir>/.ipt-tokenize/`: one completion marker
+per shard and one record per finished input file. A restarted
 run skips what is complete, so killed-and-resumed output is byte-identical to an uninterrupted
 run's, and hosts given `shard=k num_shards=N` split the input files with no coordinator. The
-manifest is written last, by whichever run sees every input file finished.
+manifest (then `ipt_complete.json`) is written last, by whichever run sees every input file
+finished.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
-import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -25,33 +27,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 import ipt
-from ipt.config import Config
 from ipt.data import shard_writer
 from ipt.data.readers import Document, expand_inputs, get_field, iter_records
 from ipt.data.records import (
+    MANIFEST,
     SHARD_SUFFIX,
     Manifest,
     ShardInfo,
     TokenizerInfo,
-    atomic_write_text,
     token_dtype,
     write_manifest,
 )
 from ipt.data.shard_writer import Segments, ShardTask
 from ipt.stage import BadInputError, run_stage
+from ipt.stage.completion import write_completion
+from ipt.stage.files import atomic_write_text, remove_stale_temps
+from ipt.stage.identity import RerunConfig, claim_output_dir
+from ipt.stage.sharding import SHARD_KEYS, ShardedConfig
 
 STATE_DIR = ".ipt-tokenize"
-TEMP_SHARD = re.compile(r"\.shard-(\d+)-\d+\.array_record\.\d+\.tmp")
-RUN_FILE = "run.json"
 STAT_KEYS = ("empty_docs", "bad_lines", "bad_records", "non_utf8_lines", "lone_surrogate_lines")
 SKIP_HINT = "; pass skip_bad=true to count and skip such records"
-HOST_KEYS = frozenset({"output_dir", "num_workers", "shard", "num_shards", "progress"})
+# Keys that decide nothing about the shards (skip_bad: whether a bad line stops the run, not
+# what a good line becomes).
+HOST_KEYS = SHARD_KEYS | {"output_dir", "num_workers", "progress", "on_change", "skip_bad"}
 
 
-class TokenizeConfig(Config):
+class TokenizeConfig(ShardedConfig, RerunConfig):
     """Tokenize text (.jsonl[.gz|.zst], .parquet, .txt) into ArrayRecord shards (docs/data-format.md)."""
 
     input: str | list[str] = Field(description="input files or globs: .jsonl, .jsonl.gz/.zst, .parquet, .txt")
@@ -64,15 +69,7 @@ class TokenizeConfig(Config):
     shard_chars: int = Field(100_000_000, gt=0, description="text characters per shard (~4 per token)")
     num_workers: int | None = Field(None, ge=1, description="worker processes; default: all cores")
     skip_bad: bool = Field(False, description="count and skip malformed lines/records instead of stopping")
-    shard: int = Field(0, ge=0, description="this host's index when num_shards hosts split the input files")
-    num_shards: int = Field(1, ge=1, description="hosts splitting the input files (no coordinator)")
     progress: bool = Field(True, description="show a progress bar on stderr")
-
-    @model_validator(mode="after")
-    def _shard_in_range(self) -> TokenizeConfig:
-        if self.shard >= self.num_shards:
-            raise ValueError(f"shard={self.shard} must be below num_shards={self.num_shards}")
-        return self
 
 
 def shard_name(file_index: int, chunk_index: int) -> str:
@@ -179,34 +176,28 @@ class _Run:
         self.dtype = token_dtype(len(tok)).name
         self.identity = cfg.model_dump(mode="json", exclude=set(HOST_KEYS))
 
-    def check_or_record_identity(self) -> None:
-        """Refuse to resume into a directory that holds a different run; else record this one."""
-        run = {
+    def claim(self, mine: set[int]) -> None:
+        """Record this run's identity in output_dir (or check it); clear this host's dead temps."""
+        settings = {
             "config": self.identity,
             "tokenizer": self.info.model_dump(mode="json"),
             "add_bos": self.add_bos,
             "add_eos": self.add_eos,
-            "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in self.files],
         }
-        self.state.mkdir(parents=True, exist_ok=True)
-        path = self.state / RUN_FILE
-        if path.exists():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            if old != run:
-                diff = [k for k in run if old.get(k) != run[k]]
-                raise BadInputError(
-                    f"{self.out} holds a tokenize run with a different {', '.join(diff)} "
-                    f"(see {path}); use a new output_dir or delete this one"
-                )
-        else:
-            atomic_write_text(path, json.dumps(run, indent=2) + "\n")
+        self.run_identity = claim_output_dir(
+            self.out, "tokenize", settings, self.files, self.cfg.on_change, self.discard
+        )
+        self.state.mkdir(exist_ok=True)
+        remove_stale_temps(
+            self.out, lambda target: target.name.startswith("shard-") and int(target.name[6:11]) in mine
+        )
 
-    def remove_stale_temps(self, mine: set[int]) -> None:
-        """Delete temp shards a killed run left behind (only for this host's input files)."""
-        for entry in os.scandir(self.out):
-            temp = TEMP_SHARD.fullmatch(entry.name)
-            if temp and int(temp.group(1)) in mine:
-                Path(entry.path).unlink(missing_ok=True)
+    def discard(self) -> None:
+        """Remove an earlier run's shards, markers and manifest (on_change=redo)."""
+        shutil.rmtree(self.state, ignore_errors=True)
+        for path in self.out.glob(f"shard-*{SHARD_SUFFIX}"):
+            path.unlink()
+        (self.out / "manifest.json").unlink(missing_ok=True)
 
     def file_record_path(self, file_index: int) -> Path:
         return self.state / f"input-{file_index:05d}.json"
@@ -349,13 +340,15 @@ class _Progress:
 def tokenize(cfg: TokenizeConfig) -> Manifest | None:
     """Run (or resume) this host's share; return the manifest once every input file is finished."""
     run = _Run(cfg)
-    run.check_or_record_identity()
-    mine = [fi for fi in range(len(run.files)) if fi % cfg.num_shards == cfg.shard]
-    run.remove_stale_temps(set(mine))
+    mine = [fi for fi in range(len(run.files)) if cfg.owns(fi)]
+    run.claim(set(mine))
     run.tokenize_files(mine)
     manifest = run.manifest()
     if manifest is not None:
         write_manifest(run.out, manifest)
+        outputs = [s.file for s in manifest.shards] + [MANIFEST]
+        counts = {"num_docs": manifest.num_docs, "num_tokens": manifest.num_tokens, **manifest.stats}
+        write_completion(run.out, run.run_identity, outputs, counts)
     return manifest
 
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ipt.collection import Entry, iter_collections
 from ipt.cook.pairs import Pair, parse_pair, render_pair, strip_markers
 from ipt.cook.pools import Pools, default_pools
-from ipt.cook.reader import iter_collections
-from ipt.cook.render import Entry, collection_key, draw_style, pick_mode, render_entry
+from ipt.cook.render import collection_key, draw_style, pick_mode, render_entry
 from ipt.data.readers import expand_inputs
 from ipt.data.shard_writer import Segments, token_mask
 from ipt.eval.rows import Request, window
@@ -50,7 +50,7 @@ class AnsweredText:
 def kept_pairs(entry: Entry) -> list[tuple[str, str, Pair]]:
     """(question, answer, parsed pair) for each pair `ipt cook` keeps, markers stripped as cook does."""
     kept = []
-    for q, a in entry.qa:
+    for q, a in entry.pairs:
         question, answer = strip_markers(q)[0], strip_markers(a)[0]
         parsed = parse_pair(question, answer)
         if not isinstance(parsed, str):
@@ -75,7 +75,7 @@ def _locate(render, qa: list[tuple[str, str]]) -> AnsweredText:
 def cooked_text(entry: Entry, seed: int, pools: Pools) -> AnsweredText | None:
     """The entry as `ipt cook` renders a one-entry collection (the draws of `cook_collection`, in its
     order), with its answers' spans; None when no pair is kept."""
-    single = [Entry(entry.context, entry.qa, False)]
+    single = [Entry(entry.context, entry.pairs)]
     rng = random.Random(collection_key(seed, single))
     style = draw_style(rng, pools)
     pairs = [p for _, _, p in kept_pairs(entry)]

@@ -3,7 +3,8 @@
 The released synthesizer was fine-tuned on exactly these strings, so every space matters
 (PAPER.md section 2). `<CON>`, `</CON>`, `<QUE>`, `<ANS>`, `</END>` are plain text; `<s>` and
 `</s>` are the model's own BOS/EOS written literally, so prompts are tokenized without adding
-special tokens.
+special tokens. This module is the one home of the wire constants: cooking imports them to
+recognise question styles and strip markers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ END = "</END>"
 PAIR_SEP = "\n\n"
 COT_TRIGGER = "\nLet's think step by step."
 COT_ANSWER = "\nTherefore, the answer is "
-OPTIONS_HEADER = "\nOptions:\n- "
+OPTION_SEP = "\n- "
+OPTIONS_HEADER = "\nOptions:" + OPTION_SEP
 
 Pair = dict[str, str]
 
@@ -52,7 +54,7 @@ def prompt(text: str, examples: Sequence[tuple[str, Sequence[Pair]]] = ()) -> st
 
 def multiple_choice(question: str, options: Sequence[str]) -> str:
     """The synthesizer's multiple-choice question: `Q\\nOptions:\\n- opt1\\n- opt2 ...`."""
-    return question + OPTIONS_HEADER + "\n- ".join(options)
+    return question + OPTIONS_HEADER + OPTION_SEP.join(options)
 
 
 def chain_of_thought(question: str, rationale: str, final: str) -> tuple[str, str]:

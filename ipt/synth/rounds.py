@@ -14,28 +14,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ipt.collection import Entry
 from ipt.synth import format as wire
 from ipt.synth.engines import Engine, Sampling
-
-
-@dataclass
-class Entry:
-    """One text of a chain and what the synthesizer wrote about it."""
-
-    context: str
-    pairs: list[wire.Pair] = field(default_factory=list)
-    inherit_from_prev: bool = False
-    followed_by_next: bool = False
-
-    def to_json(self) -> dict:
-        return {
-            "context": self.context,
-            "QA_list": self.pairs,
-            "inherit_from_prev": self.inherit_from_prev,
-            "followed_by_next": self.followed_by_next,
-        }
 
 
 @dataclass
@@ -90,9 +73,10 @@ def synthesize_chains(
         round_pairs = 0
         for i, (j, gen) in enumerate(zip(indices, generations, strict=True)):
             parsed = wire.parse(gen.text)
-            entry = Entry(texts[j], parsed.pairs, inherit_from_prev=with_context[i] and bool(parsed.pairs))
+            pairs = tuple((p["Q"], p["A"]) for p in parsed.pairs)
+            entry = Entry(texts[j], pairs, inherit_from_prev=with_context[i] and bool(pairs))
             if chains[i]:
-                chains[i][-1].followed_by_next = entry.inherit_from_prev
+                chains[i][-1] = replace(chains[i][-1], followed_by_next=entry.inherit_from_prev)
             chains[i].append(entry)
             stats["texts"] += 1
             stats["pairs"] += len(parsed.pairs)
@@ -104,7 +88,7 @@ def synthesize_chains(
             stats["generated_tokens"] += gen.generated_tokens
             stats["inherited_entries"] += entry.inherit_from_prev
             round_pairs += len(parsed.pairs)
-            new_examples.append(wire.example(entry.context, entry.pairs) if entry.pairs else "")
+            new_examples.append(wire.example(entry.context, parsed.pairs) if parsed.pairs else "")
         example_tokens = engine.count_tokens([e for e in new_examples if e])
         counts = iter(example_tokens)
         for i, ex in enumerate(new_examples):

@@ -5,8 +5,10 @@ chunk c belongs to shard c mod num_shards, so shards never wait for each other a
 number of machines can split one corpus. Within a chunk the texts are cut into M rounds and
 chained (ipt.synth.rounds). A chunk's collections are written to a temporary file and renamed
 to `chunk-NNNNNN.jsonl`; then its stats are written the same way to `chunk-NNNNNN.stats.json`,
-which marks the chunk complete. A restarted run skips complete chunks and redoes the rest, so
-a run killed at any point loses and duplicates nothing. The chunking does not depend on
+which marks the chunk complete (ipt.stage.markers). A restarted run skips complete chunks and
+redoes the rest, so a run killed at any point loses and duplicates nothing. The run's identity
+(settings and input contents) is recorded in `ipt_run.json` and checked on every restart
+(ipt.stage.identity); once every chunk of every shard is done, `ipt_complete.json` lists them. The chunking does not depend on
 num_shards: a job may be re-split between restarts. `executor=ray` (ipt.synth.cluster) hands the
 same chunks to engine actors on a Ray cluster; both executors run `synthesize_chunk`.
 """
@@ -14,7 +16,7 @@ same chunks to engine actors on a Ray cluster; both executors run `synthesize_ch
 from __future__ import annotations
 
 import json
-import os
+import re
 import sys
 import time
 from collections import Counter
@@ -25,16 +27,37 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ipt.collection import collection_line
 from ipt.config import Config
 from ipt.data.readers import Document, expand_inputs, get_field, iter_records
 from ipt.stage import BadInputError, run_stage
+from ipt.stage.completion import write_completion
+from ipt.stage.files import atomic_write_text, remove_stale_temps
+from ipt.stage.identity import RerunConfig, claim_output_dir
+from ipt.stage.markers import read_marker, unit_fields, write_marker
+from ipt.stage.sharding import SHARD_KEYS, ShardedConfig
 from ipt.synth import format as wire
 from ipt.synth.engines import Engine, Sampling
 from ipt.synth.rounds import synthesize_chains
 
-SETTINGS_FILE = "synth.json"
 OUTPUT_FORMAT = "ipt-read-collections/1"  # a JSON list of {context, QA_list, ...} per line
-NOT_OUTPUT_DECIDING = {"shard", "num_shards", "progress", "gpu_memory_utilization", "executor", "ray"}
+# skip_bad decides whether a bad line stops the run, never what a good line becomes.
+NOT_OUTPUT_DECIDING = SHARD_KEYS | {
+    *("input", "progress", "gpu_memory_utilization", "executor", "ray", "on_change", "skip_bad")
+}
+CHUNK_FILE = re.compile(r"chunk-(\d{6})\.(jsonl|stats\.json)")
+# Keys only some engines read: setting one for another engine is a config error, not a no-op.
+ENGINE_KEYS = {
+    "model": ("vllm", "hf", "jax"),
+    "dtype": ("vllm", "hf"),
+    "tensor_parallel_size": ("vllm",),
+    "gpu_memory_utilization": ("vllm",),
+    "enable_prefix_caching": ("vllm",),
+    "vllm_kwargs": ("vllm",),
+    "batch_size": ("hf", "jax"),
+    "device": ("hf",),
+    "max_pairs": ("rules",),
+}
 
 
 class UsageError(BadInputError):
@@ -57,7 +80,7 @@ class RayExecutorConfig(Config):
     max_chunk_attempts: int = Field(3, ge=1, description="a chunk whose actor dies this often stops the job")
 
 
-class SynthesizeConfig(Config):
+class SynthesizeConfig(ShardedConfig, RerunConfig):
     """Turn raw texts into read collections of instruction-response pairs."""
 
     input: str | list[str] = Field(description="input files or globs (.jsonl[.gz|.zst], .parquet, .txt)")
@@ -67,8 +90,6 @@ class SynthesizeConfig(Config):
     tokenizer: str | None = Field(None, description="default: the model's; rules: mistral-v1")
     rounds: int = Field(2, ge=1, description="M: rounds of multi-round synthesis")
     text_field: str = "text"
-    shard: int = Field(0, ge=0)
-    num_shards: int = Field(1, ge=1)
     chunk_texts: int = Field(4096, ge=1, description="input records per chunk (the unit of resumption)")
     max_model_len: int = Field(4096, ge=16)
     max_new_tokens: int = Field(400, ge=1)
@@ -92,8 +113,10 @@ class SynthesizeConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> SynthesizeConfig:
-        if self.shard >= self.num_shards:
-            raise ValueError(f"shard={self.shard} must be below num_shards={self.num_shards}")
+        for key in sorted(self.model_fields_set & ENGINE_KEYS.keys()):
+            if self.engine not in ENGINE_KEYS[key]:
+                users = " and ".join(f"engine={e}" for e in ENGINE_KEYS[key])
+                raise ValueError(f"{key} is read only by {users}; engine={self.engine} does not use it")
         if self.max_new_tokens >= self.max_model_len:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room in max_model_len")
         return self
@@ -141,35 +164,29 @@ def make_engine(cfg: SynthesizeConfig) -> Engine:
     )
 
 
-def write_atomic(path: Path, data: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def chunk_paths(out: Path, chunk: int) -> tuple[Path, Path]:
     return out / f"chunk-{chunk:06d}.jsonl", out / f"chunk-{chunk:06d}.stats.json"
 
 
-def _check_settings(cfg: SynthesizeConfig, files: list[Path], out: Path) -> None:
-    """Refuse to mix outputs of different settings or inputs in one directory."""
+def claim(cfg: SynthesizeConfig, files: list[Path]) -> dict[str, Any]:
+    """Record or check this run's identity in output_dir; clear temps of this shard's chunks."""
+    out = Path(cfg.output_dir)
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_OUTPUT_DECIDING}
-    settings["input"] = [{"path": str(f), "bytes": f.stat().st_size} for f in files]
     settings["format"] = OUTPUT_FORMAT
-    path = out / SETTINGS_FILE
-    if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
-        if changed:
-            raise SystemExit(
-                f"ipt synthesize: {out} holds output of different settings ({', '.join(changed)} differ "
-                f"from {path}); use a new output_dir or the same settings to resume"
-            )
-        return
-    write_atomic(path, json.dumps(settings, indent=1, ensure_ascii=False) + "\n")
+
+    def discard() -> None:
+        for path in out.iterdir():
+            if CHUNK_FILE.fullmatch(path.name) or path.name.startswith("stats.shard-"):
+                path.unlink()
+
+    identity = claim_output_dir(out, "synthesize", settings, files, cfg.on_change, discard)
+
+    def owns(target: Path) -> bool:
+        match = CHUNK_FILE.fullmatch(str(target))
+        return match is not None and cfg.owns(int(match.group(1)))
+
+    remove_stale_temps(out, owns)
+    return identity
 
 
 @dataclass(frozen=True)
@@ -207,9 +224,10 @@ class Tally:
 
 
 def completed_stats(out: Path, index: int) -> dict[str, Any] | None:
-    """The stats of chunk `index` if its completion marker exists."""
-    stats_path = chunk_paths(out, index)[1]
-    return json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else None
+    """The stats of chunk `index` if it is done (its marker valid, its collections in place)."""
+    data_path, stats_path = chunk_paths(out, index)
+    marker = read_marker(stats_path, data_path)
+    return None if marker is None else unit_fields(marker)
 
 
 def pending_chunks(cfg: SynthesizeConfig, files: list[Path], tally: Tally) -> Iterator[Chunk]:
@@ -220,7 +238,7 @@ def pending_chunks(cfg: SynthesizeConfig, files: list[Path], tally: Tally) -> It
     records = iter_records(files, skip_bad=cfg.skip_bad, stats=tally.reading)
     for chunk in _chunks(records, cfg.chunk_texts):
         tally.chunks["chunks_total"] += 1
-        if chunk.index % cfg.num_shards != cfg.shard:
+        if not cfg.owns(chunk.index):
             continue
         done = completed_stats(out, chunk.index)
         if done is not None:
@@ -241,11 +259,11 @@ def synthesize_chunk(
     texts = prepare_texts(cfg, chunk.docs, engine, stats)
     chains = synthesize_chains(texts, cfg.rounds, engine, sampling, cfg.budget, stats, on_round)
     stats["collections"] = len(chains)
-    lines = "".join(json.dumps([e.to_json() for e in c], ensure_ascii=False) + "\n" for c in chains)
+    lines = "".join(collection_line(c) for c in chains)
     data_path, stats_path = chunk_paths(Path(cfg.output_dir), chunk.index)
-    write_atomic(data_path, lines)
+    atomic_write_text(data_path, lines)
     summary = summarize(stats)
-    write_atomic(stats_path, json.dumps(summary, indent=1) + "\n")
+    write_marker(stats_path, data_path, **summary)
     return summary
 
 
@@ -356,7 +374,7 @@ def _write_summary(cfg: SynthesizeConfig, tally: Tally, seconds: float, texts_no
     summary.update(shard=cfg.shard, num_shards=cfg.num_shards, seconds=round(seconds, 3))
     summary["texts_per_second_now"] = round(texts_now / seconds, 3) if seconds else 0.0
     name = f"stats.shard-{cfg.shard:05d}-of-{cfg.num_shards:05d}.json"
-    write_atomic(out / name, json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / name, json.dumps(summary, indent=1) + "\n")
     print(
         f"ipt synthesize: shard {cfg.shard}/{cfg.num_shards}: {summary.get('texts', 0)} texts, "
         f"{summary['pairs_per_text']} pairs/text, {summary['chunks_done_now']} chunks written, "
@@ -369,8 +387,7 @@ def _write_summary(cfg: SynthesizeConfig, tally: Tally, seconds: float, texts_no
 def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
     """Run shard `cfg.shard` of `cfg.num_shards`; return the shard's stats (also written to disk)."""
     files = expand_inputs(cfg.input)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    _check_settings(cfg, files, Path(cfg.output_dir))
+    identity = claim(cfg, files)
     execute = _run_locally
     if cfg.executor == "ray":
         try:
@@ -387,7 +404,23 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
         execute(cfg, pending_chunks(cfg, files, tally), tally, progress)
     finally:
         progress.close()
-    return _write_summary(cfg, tally, time.perf_counter() - start, progress.totals["texts"])
+    summary = _write_summary(cfg, tally, time.perf_counter() - start, progress.totals["texts"])
+    _complete_if_all_done(cfg, identity, tally.chunks["chunks_total"])
+    return summary
+
+
+def _complete_if_all_done(cfg: SynthesizeConfig, identity: dict[str, Any], num_chunks: int) -> None:
+    """Write ipt_complete.json once every chunk (of every shard) is done."""
+    out = Path(cfg.output_dir)
+    done = [completed_stats(out, c) for c in range(num_chunks)]
+    if any(d is None for d in done):
+        return
+    totals: Counter = Counter()
+    for d in done:
+        totals.update({k: v for k, v in d.items() if k != "pairs_per_text"})
+    counts = summarize(totals)
+    outputs = [chunk_paths(out, c)[0].name for c in range(num_chunks)]
+    write_completion(out, identity, outputs, counts)
 
 
 def main(argv: list[str] | None = None) -> int:
