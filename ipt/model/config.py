@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from pydantic import Field, model_validator
 
 from ipt.config import Config, ConfigError, load_config
-
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+from ipt.resources import config_file, config_names
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -119,13 +118,14 @@ def load_model_config(name_or_path: str | Path, overrides: tuple[str, ...] = ())
     """A preset name (`tiny`, `llama3-8b`, ...) or a YAML path -> validated `ModelConfig`."""
     path = Path(name_or_path)
     if not path.exists():
-        if not (PRESETS_DIR / f"{name_or_path}.yaml").exists():
+        path = config_file("model", str(name_or_path))
+        if not path.is_file():
             raise ConfigError(
                 f"{name_or_path}: neither a config file nor a preset ({', '.join(preset_names())})"
             )
-        path = PRESETS_DIR / f"{name_or_path}.yaml"
     return load_config(ModelConfig, path, overrides)
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    """The model presets shipped in `configs/model/` (see `ipt.resources`)."""
+    return config_names("model")

@@ -25,10 +25,11 @@ from ipt.config import Config, load_config
 from ipt.data.records import atomic_write_text
 from ipt.quickstart import commands as cmds
 from ipt.quickstart.commands import MODELS, PARTS, Command, Layout
+from ipt.resources import config_file
 from ipt.stage import run_stage
+from ipt.stage.identity import COMPLETE_FILE
 
 CORPUS = Path(ipt.__file__).parent / "assets" / "corpus.jsonl.gz"
-REPO = Path(ipt.__file__).resolve().parents[1]
 MARKER = "quickstart.json"
 PAPER_AUGMENTED_SHARE = 0.28  # configs/data/from_scratch.yaml: augmented 27.8 : raw 71.4
 
@@ -38,7 +39,7 @@ class QuickstartConfig(Config):
 
     run_dir: str = Field("runs/quickstart", description="every stage's output goes under this directory")
     train_config: str = Field(
-        str(REPO / "configs" / "experiments" / "quickstart.yaml"), description="the training experiment"
+        str(config_file("experiments", "quickstart")), description="the training experiment"
     )
     steps: int = Field(120, gt=0, description="training steps of each model (same batch and seq_len)")
     augmented_share: float = Field(
@@ -187,7 +188,7 @@ def report_inputs(cfg: QuickstartConfig, layout: Layout, train_cfg, steps: list[
         path = layout.collections(part) / "stats.shard-00000-of-00001.json"
         return json.loads(path.read_text(encoding="utf-8"))
 
-    cooked = json.loads((layout.cooked / "cook_manifest.json").read_text(encoding="utf-8"))["stats"]
+    cooked = json.loads((layout.cooked / COMPLETE_FILE).read_text(encoding="utf-8"))["counts"]
     first_file = sorted(layout.cooked.glob("*.jsonl"))[0]
     with first_file.open(encoding="utf-8") as f:
         first_text = json.loads(f.readline())["text"]

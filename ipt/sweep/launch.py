@@ -10,30 +10,23 @@ Pipeline stages, when the sweep has them, are printed first as plain `ipt` comma
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import shlex
-import sys
 from pathlib import Path
 from types import ModuleType
 
+from ipt import resources
 from ipt.sweep.plan import Plan, Point, SweepError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def launcher(name: str) -> ModuleType:
-    """launch/<name>.py of this checkout, imported by path (launch/ is not a package)."""
-    path = ROOT / "launch" / f"{name}.py"
-    if not path.is_file():
-        raise SweepError(f"launch={name}: {path} not found; printing launcher jobs needs the source checkout")
-    module_name = f"_ipt_launch_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    """launch/<name>.py, shipped with ipt as `ipt.launch.<name>` (see `ipt.resources`)."""
+    try:
+        return resources.launcher(name)
+    except ModuleNotFoundError as e:
+        if e.name not in (resources.LAUNCH, f"{resources.LAUNCH}.{name}"):
+            raise  # the launcher is there but imports something missing: a real error, keep it
+        raise SweepError(f"launch={name}: {e}") from None
 
 
 def train_args(point: Point) -> list[str]:
