@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("ipt.quickstart:main", "the whole pipeline on the built-in corpus, on CPU"),
     "synthesize": ("ipt.synth.run:main", "raw text -> read collections (engine: vllm | hf | jax | rules)"),
     "cook": ("ipt.cook.run:main", "read collections -> instruction-augmented pre-training text"),
+    "tuning-data": ("ipt.cook.tuning:main", "read collections by dataset -> synthesizer fine-tuning shards"),
     "tokenize": ("ipt.data.tokenize:main", "text (.jsonl/.parquet/.txt) -> ArrayRecord shards + manifest"),
     "data inspect": ("ipt.data.inspect:main", "print a shard directory's manifest and decode a few records"),
     "data plan": ("ipt.data.plan:main", "tokens drawn per source for a token budget, with epochs"),

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 from ipt.config import ConfigError
 from ipt.model import hf
@@ -240,6 +239,8 @@ def test_preset_parameter_counts_equal_transformers():
 def test_import_places_parameters_on_their_mesh_shardings(tmp_path):
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+    from ipt.model.sharding import LogicalRules, param_shardings
+
     hf_model = make_hf_model(
         "llama", vocab_size=96, hidden_size=32, num_attention_heads=4, num_key_value_heads=4
     )
@@ -248,10 +249,10 @@ def test_import_places_parameters_on_their_mesh_shardings(tmp_path):
     mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2)
     rules = [("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor")]
     rules += [("vocab", "tensor"), ("head_dim", None), ("layers", None)]
-    with nnx.logical_axis_rules(rules):
-        params = hf.import_params(tmp_path / "hf", config, mesh)
-        save_model_dir(tmp_path / "ipt", config, params)
-        restored = load_params(tmp_path / "ipt", config, mesh)
+    shardings = param_shardings(config, LogicalRules(rules, mesh))
+    params = hf.import_params(tmp_path / "hf", config, shardings)
+    save_model_dir(tmp_path / "ipt", config, params)
+    restored = load_params(tmp_path / "ipt", config, shardings)
     replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
     given = hf.import_params(tmp_path / "hf", config, shardings=replicated)
     assert given["embed_tokens"]["weight"].sharding.is_fully_replicated
@@ -260,7 +261,7 @@ def test_import_places_parameters_on_their_mesh_shardings(tmp_path):
         q = tree["layers"]["self_attn"]["q_proj"]["weight"]
         assert q.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(None, "fsdp", "tensor")), q.ndim)
     ids = random_ids(96)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    with jax.set_mesh(mesh):
         got = ipt_logits(model_from_params(config, restored), ids)
     assert np.abs(got - hf_logits(hf_model, ids)).max() < 1e-4
 

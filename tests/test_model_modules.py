@@ -12,8 +12,9 @@ from flax import nnx
 from jax.sharding import AxisType, PartitionSpec
 
 from ipt.config import ConfigError, load_config
-from ipt.model import ModelConfig, create_model, load_model_config, logical_axes, parameter_count
+from ipt.model import KVCache, ModelConfig, create_model, load_model_config, logical_axes, parameter_count
 from ipt.model.attention import attend, splash_attention
+from ipt.model.sharding import LogicalRules, create_sharded_model
 
 TINY = dict(
     vocab_size=97,
@@ -88,8 +89,7 @@ def test_model_created_on_a_mesh_is_sharded_by_the_rules():
         ("layers", None),
     ]
     config = ModelConfig(**{**TINY, "num_key_value_heads": 4, "vocab_size": 96})
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        model = create_model(config)
+    model = create_sharded_model(config, LogicalRules(rules, mesh))
     q = model.layers.self_attn.q_proj.weight[...]
     expected = jax.sharding.NamedSharding(mesh, PartitionSpec(None, "fsdp", "tensor", None))
     assert q.sharding.is_equivalent_to(expected, q.ndim)
@@ -221,6 +221,30 @@ def test_python_loop_over_layers_equals_scan():
     )
     prompts = [[3, 1, 4, 1, 5], [9, 2]]
     assert generate(loop, prompts, 5, eos_ids=()) == generate(scan, prompts, 5, eos_ids=())
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_decode_with_a_cache_gives_the_training_logits(scan):
+    """A prefill and then one token at a time through `decode` give the logits of one training
+    forward over the whole rows: left padding (segment 0) is never attended, the sliding window
+    is honoured across the cache, and the cache ends one slot past the last token."""
+    config = ModelConfig(**{**TINY, "architecture": "mistral", "sliding_window": 4, "scan_layers": scan})
+    model = create_model(config, seed=6)
+    ids = np.random.default_rng(4).integers(1, 97, size=(2, 10)).astype(np.int32)
+    seg = np.ones_like(ids)
+    seg[1, :3] = 0  # row 1: a 7-token prompt, left-padded
+    pos = np.maximum(np.cumsum(seg, axis=1) - 1, 0).astype(np.int32)
+    full = run(model, ids, pos, seg)
+    decode = nnx.jit(lambda m, *args: m.decode(*args))
+    cache = KVCache.empty(config, batch=2, slots=10)
+    pieces = []
+    for a, b in [(0, 6), (6, 7), (7, 8), (8, 9), (9, 10)]:
+        logits, cache = decode(model, ids[:, a:b], pos[:, a:b], seg[:, a:b], cache)
+        pieces.append(np.asarray(logits))
+    real = seg.astype(bool)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1)[real], full[real], atol=1e-5)
+    assert int(cache.index) == 10
+    np.testing.assert_array_equal(cache.segment_ids, seg)
 
 
 def test_cudnn_model_lowers_for_cuda_with_fused_attention(monkeypatch):

@@ -12,14 +12,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 
 from ipt.config import ConfigError, load_config
-from ipt.eval.scorer import param_shardings
 from ipt.model import ModelConfig
+from ipt.model.sharding import LogicalRules, param_shardings
 from ipt.train.config import TrainConfig
-from ipt.train.mesh import LogicalRules
 
 
 class ModelLoadError(ValueError):
@@ -149,10 +147,7 @@ def _restore(directory: Path, config: ModelConfig, rules: LogicalRules, partial:
     """Parameters from an Orbax item (a train state: only its `params`), placed on the mesh."""
     from ipt.model.store import abstract_params
 
-    shardings = param_shardings(config, rules)
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params(config), shardings
-    )
+    target = abstract_params(config, param_shardings(config, rules))
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         if not partial:

@@ -54,19 +54,11 @@ def _decode(
     top_p: float,
 ) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)
-    config = model.config
     batch, prompt_len = tokens.shape
-    slots = prompt_len + max_new_tokens
-    shape = (config.num_hidden_layers, batch, slots, config.num_key_value_heads, config.head_dim)
-    cache = KVCache(
-        jnp.zeros(shape, config.compute_dtype),
-        jnp.zeros(shape, config.compute_dtype),
-        jnp.zeros((batch, slots), jnp.int32),
-        jnp.zeros((), jnp.int32),
-    )
+    cache = KVCache.empty(model.config, batch, prompt_len + max_new_tokens)
     segments = real.astype(jnp.int32)
     positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
-    logits, cache = model.forward(tokens, positions, segments, cache)
+    logits, cache = model.decode(tokens, positions, segments, cache)
     next_pos = positions[:, -1] + 1
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
@@ -77,7 +69,7 @@ def _decode(
         token = jnp.where(done, pad_id, token)
         out = out.at[:, i].set(token)
         done = done | jnp.isin(token, eos)
-        logits, cache = model.forward(token[:, None], pos[:, None], jnp.ones((batch, 1), jnp.int32), cache)
+        logits, cache = model.decode(token[:, None], pos[:, None], jnp.ones((batch, 1), jnp.int32), cache)
         return i + 1, logits[:, -1], cache, pos + 1, done, out, key
 
     def more(carry):

@@ -172,20 +172,14 @@ def _tensor_files(hf_dir: Path) -> dict[str, Path]:
     return out
 
 
-def import_params(
-    hf_dir: str | Path,
-    config: ModelConfig,
-    mesh: jax.sharding.Mesh | None = None,
-    shardings: dict | None = None,
-) -> dict:
+def import_params(hf_dir: str | Path, config: ModelConfig, shardings: dict | None = None) -> dict:
     """Read an HF checkpoint into ipt's pure param dict, one ipt parameter at a time.
 
     Each parameter goes straight to its sharding: `shardings` (a pure dict of `Sharding`s
-    shaped like the params, e.g. the trainer's), else the logical axes under the active
-    `nnx.logical_axis_rules` on `mesh`, else the first device."""
+    shaped like the params, e.g. `ipt.model.sharding.param_shardings`), else the first device."""
     hf_dir = Path(hf_dir)
     where = _tensor_files(hf_dir)
-    target = abstract_params(config, mesh)
+    target = abstract_params(config)
     params: dict = {}
     for path, pattern, to_ipt, to_hf in _rules(config):
         spec = _get(target, path)
@@ -206,8 +200,6 @@ def import_params(
                 host[i if stacked else ...] = to_ipt(f.get_tensor(name)).astype(spec.dtype)
         if shardings is not None:
             sharding = _get(shardings, path)
-        elif mesh is not None:
-            sharding = spec.sharding
         else:
             sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         _set(params, path, jax.make_array_from_callback(spec.shape, sharding, lambda idx, h=host: h[idx]))
@@ -215,16 +207,14 @@ def import_params(
     return params
 
 
-def import_hf(
-    hf_dir: str | Path, out_dir: str | Path, mesh: jax.sharding.Mesh | None = None, **runtime
-) -> Path:
+def import_hf(hf_dir: str | Path, out_dir: str | Path, **runtime) -> Path:
     """HF directory -> ipt model directory (`config.yaml` + Orbax `params/`)."""
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{hf_dir}: no config.json; expected a Hugging Face model directory")
     config = config_from_hf(json.loads(config_path.read_text()), str(config_path), **runtime)
-    return save_model_dir(out_dir, config, import_params(hf_dir, config, mesh))
+    return save_model_dir(out_dir, config, import_params(hf_dir, config))
 
 
 # ---------------------------------------------------------------- export

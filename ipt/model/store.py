@@ -53,23 +53,21 @@ def load_model_config_dir(directory: str | Path) -> ModelConfig:
     return load_config(ModelConfig, path)
 
 
-def abstract_params(config: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Pure dict of `jax.ShapeDtypeStruct` (with shardings if `mesh`, under the active axis rules)."""
-    state = nnx.state(abstract_model(config), nnx.Param)
-    if mesh is not None:
-        shardings = nnx.get_named_sharding(state, mesh)
-        state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
-        )
-    return nnx.to_pure_dict(state)
+def abstract_params(config: ModelConfig, shardings: dict | None = None) -> dict:
+    """Pure dict of `jax.ShapeDtypeStruct`, carrying `shardings` (a pure dict shaped like the
+    params, e.g. `ipt.model.sharding.param_shardings`) when given."""
+    shapes = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
+    if shardings is None:
+        return shapes
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
 
 
-def load_params(directory: str | Path, config: ModelConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Restore `params/` as a pure dict of jax arrays, sharded on `mesh` when given."""
-    target = abstract_params(config, mesh)
-    if mesh is None:
+def load_params(directory: str | Path, config: ModelConfig, shardings: dict | None = None) -> dict:
+    """Restore `params/` as a pure dict of jax arrays placed on `shardings` (default: the first device)."""
+    if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
+        shardings = jax.tree.map(lambda _: device, abstract_params(config))
+    target = abstract_params(config, shardings)
     return ocp.StandardCheckpointer().restore(Path(directory).absolute() / PARAMS_DIR, target)
 
 
@@ -82,11 +80,10 @@ def model_from_params(config: ModelConfig, params: dict) -> CausalLM:
     return model
 
 
-def load_model(
-    directory: str | Path, overrides: tuple[str, ...] = (), mesh: jax.sharding.Mesh | None = None
-) -> CausalLM:
-    """An ipt model directory -> a model (config overrides such as `attention=cudnn` allowed)."""
+def load_model(directory: str | Path, overrides: tuple[str, ...] = ()) -> CausalLM:
+    """An ipt model directory -> a model on the first device (config overrides such as
+    `attention=cudnn` allowed); for a mesh, `load_params` with `param_shardings`."""
     config = load_model_config_dir(directory)
     if overrides:
         config = load_config(ModelConfig, Path(directory) / CONFIG_FILE, overrides)
-    return model_from_params(config, load_params(directory, config, mesh))
+    return model_from_params(config, load_params(directory, config))

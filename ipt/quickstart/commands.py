@@ -77,7 +77,7 @@ def cook(layout: Layout, seed: int) -> Command:
     return Command(
         (
             "cook",
-            f"input={layout.collections('train') / 'chunk-*.jsonl'}",
+            f"input={layout.collections('train')}",
             f"output_dir={layout.cooked}",
             f"seed={seed}",
         )
@@ -92,7 +92,7 @@ def tokenize_all(layout: Layout) -> dict[str, Command]:
     """Raw training text, augmented training text and raw held-out text, each its own shard directory."""
     return {
         "raw": tokenize(layout.split("train"), layout.tokens("raw")),
-        "augmented": tokenize(layout.cooked / "*.jsonl", layout.tokens("augmented")),
+        "augmented": tokenize(layout.cooked, layout.tokens("augmented")),
         "heldout_raw": tokenize(layout.split("heldout"), layout.tokens("heldout_raw")),
     }
 
