@@ -68,6 +68,8 @@ def _load_yaml(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str
         raise ConfigError(f"config file not found: {path}{where}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     tree = {} if tree is None else tree
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")

@@ -11,10 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from stage_kill import kill_and_resume
 
 from ipt.stage.identity import RunChangedError
 from ipt.synth.run import SynthesizeConfig, main, synthesize
@@ -149,46 +149,27 @@ def test_bad_input_names_file_and_line(tmp_path, capsys):
     assert "shard=2 must be below num_shards=2" in capsys.readouterr().err
 
 
-def _cli(inp: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ipt.cli",
-        "synthesize",
-        f"input={inp}",
-        f"output_dir={out}",
-        "engine=rules",
-        "chunk_texts=10",
-        "progress=false",
-    ]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_and_restarted_equals_an_uninterrupted_run(tmp_path, corpus_file, sig):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ref = tmp_path / "ref"
-    run(corpus_file, ref, chunk_texts=10)  # the same settings as the command line below
+def test_terminated_and_restarted_equals_an_uninterrupted_run(tmp_path, corpus_file):
+    """SIGTERM (a scheduler's stop) at a random chunk; kill -9 is in tests/test_stage_kill.py."""
+    sig = signal.SIGTERM
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cli(corpus_file, out), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while (
-        len(list(out.glob("chunk-*.stats.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None
-    ):
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    proc.wait()
-    assert proc.returncode == -sig, "the run finished before it could be killed"
-    done_before = len(list(out.glob("chunk-*.stats.json")))
-    assert 3 <= done_before < 24
-    subprocess.run(_cli(corpus_file, out), check=True, env=env, capture_output=True)
+    cmd = [sys.executable, "-m", "ipt.cli", "synthesize", f"input={corpus_file}", f"output_dir={out}"]
+    result = kill_and_resume(
+        [*cmd, "engine=rules", "chunk_texts=10", "progress=false"],
+        out,
+        progress=lambda d: len(list(d.glob("chunk-*.stats.json"))),
+        seed=sig,
+        sig=sig,
+        volatile=["stats.shard-*.json"],  # seconds, texts/s, chunks done before and now
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.total == 24 and 1 <= result.at_kill < 24
     stats = json.loads((out / "stats.shard-00000-of-00001.json").read_text())
-    assert stats["chunks_already_done"] == done_before
+    assert stats["chunks_already_done"] == result.at_kill
     lines = collections(out)
     assert len(lines) == len(set(lines)) == stats["collections"]  # none duplicated
-    assert sorted(lines) == sorted(collections(ref))
-    assert {p.name: p.read_bytes() for p in out.glob("chunk-*") if ".tmp-" not in p.name} == {
-        p.name: p.read_bytes() for p in ref.glob("chunk-*")
-    }
+    assert result.resumed == result.clean  # every chunk, marker and record, byte for byte
+    assert not result.temps
 
 
 def test_synthesis_with_the_rules_engine_never_imports_jax_or_vllm(tmp_path, corpus_docs):

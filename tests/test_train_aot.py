@@ -12,9 +12,9 @@ import yaml
 from test_train_loop import MODEL
 
 from ipt.config import load_config
+from ipt.data.packing import BATCH_KEYS
 from ipt.train.aot import GIB, compile_for_slice, run_compile, topology_name, verdict
 from ipt.train.config import TrainConfig
-from ipt.train.step import BATCH_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_libtpu = pytest.mark.skipif(

@@ -162,7 +162,8 @@ def cook(cfg: CookConfig) -> dict[str, int]:
         out_dir, "cook", output_settings(cfg), files, cfg.on_change, lambda: _discard(out_dir)
     )
     mine = {name for i, name in enumerate(names) if cfg.owns(i)}
-    remove_stale_temps(out_dir, lambda target: target in mine)
+    my_markers = {marker_path(out_dir, name).relative_to(out_dir) for name in mine}
+    remove_stale_temps(out_dir, lambda target: target in mine or target in my_markers)
     tasks = []
     for path, name in zip(files, names, strict=True):
         if name not in mine:

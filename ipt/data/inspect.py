@@ -3,7 +3,8 @@
 The summary comes from manifest.json; the records are read straight from the ArrayRecord
 files and decoded with the tokenizer the manifest names (after checking its vocabulary hash),
 so a glance shows whether bos/eos, the loss mask and the text came out as intended. With a
-loss mask, the spans that are not trained are shown between ⟦ and ⟧.
+loss mask, the spans that are not trained are shown between ⟦ and ⟧. A shard that is missing
+or whose size differs from the manifest's is reported (one line, exit 2) before any is read.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ipt.data.integrity import ShardReadError, opening, read_located, size_problems
+from ipt.data.integrity import ShardReadError, opening, read_located, remedy, size_problems
 from ipt.data.records import MANIFEST, Manifest, ShardInfo, decode_record, read_manifest, shard_paths
 from ipt.data.shard_writer import file_sha256
+from ipt.stage import describe_error
 
 UNTRAINED = ("⟦", "⟧")
 COUNT_BATCH = 4096  # records per read while counting tokens
@@ -154,10 +156,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         manifest = read_manifest(args.directory)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"ipt data inspect: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # a manifest.json that is missing, a directory, unreadable, invalid
+        print(f"ipt data inspect: error: {describe_error(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(args.directory, manifest))
+    missing_or_resized = size_problems(args.directory, manifest)  # one stat per shard
+    if missing_or_resized and not args.verify:  # --verify lists them with the rest
+        print(
+            f"ipt data inspect: error: {missing_or_resized[0]}"
+            + (f" (and {len(missing_or_resized) - 1} more)" if len(missing_or_resized) > 1 else "")
+            + f"; {remedy(args.directory)}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     if args.verify:
         problems = verify(args.directory, manifest)
         verdict = f"{len(problems)} problems" if problems else "ok"

@@ -167,6 +167,8 @@ def opening(path: str) -> Iterator[None]:
 
 def read_located(read: Callable[[list[int]], list[bytes]], path: str, positions: list[int]) -> list[bytes]:
     """`read(positions)`, or a `ShardReadError` naming `path` and the first record that fails."""
+    if not positions:
+        return []
     try:
         return read(positions)
     except (RuntimeError, OSError) as batch_error:

@@ -22,6 +22,9 @@ from ipt.data.records import decode_record
 
 TOKENS = "tokens"
 MASK = "mask"
+# What a batch holds: the model's inputs (training and evaluation rows alike), then the loss's.
+MODEL_INPUT_KEYS = ("inputs", "positions", "segment_ids")
+BATCH_KEYS = (*MODEL_INPUT_KEYS, "targets", "loss_mask")
 
 
 @dataclass(frozen=True)

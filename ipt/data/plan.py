@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from ipt.data.pipeline import DataConfig
 from ipt.data.sources import open_sources
-from ipt.stage import run_stage
+from ipt.stage import BadInputError, run_stage
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 _COUNT = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
@@ -56,7 +56,10 @@ def _human(n: float) -> str:
 
 def plan(cfg: PlanConfig) -> list[dict]:
     """One row per source: weight share, tokens it holds, tokens drawn, epochs."""
-    manifests = open_sources(cfg.sources)
+    try:
+        manifests = open_sources(cfg.sources)
+    except ValueError as e:  # an invalid manifest, tokenizers that differ, an empty source
+        raise BadInputError(str(e)) from None
     total_weight = sum(s.weight for s in cfg.sources)
     rows = []
     for src, m in zip(cfg.sources, manifests, strict=True):

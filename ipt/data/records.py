@@ -100,6 +100,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format {raw.get('format')!r} version {raw.get('format_version')!r}; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ipt.config import Config
 from ipt.data.records import Manifest, read_manifest
@@ -18,18 +18,6 @@ class SourceConfig(Config):
     name: str = Field(description="a short label used in logs and metrics")
     path: str = Field(description="a shard directory written by `ipt tokenize`")
     weight: float = Field(1.0, gt=0, description="share of training tokens (normalised over sources)")
-
-
-class SourcesConfig(Config):
-    sources: list[SourceConfig] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> SourcesConfig:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {dupes}")
-        return self
 
 
 def open_sources(sources: list[SourceConfig]) -> list[Manifest]:

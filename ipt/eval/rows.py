@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-TOKEN_KEYS = ("inputs", "positions", "segment_ids")  # [rows, width]
+from ipt.data.packing import MODEL_INPUT_KEYS
+
+TOKEN_KEYS = MODEL_INPUT_KEYS  # [rows, width]
 TARGET_KEYS = ("target_index", "target_ids", "target_segment")  # [rows, target slots]
 
 

@@ -22,11 +22,11 @@ from pydantic import Field
 
 import ipt
 from ipt.config import Config, load_config
-from ipt.data.records import atomic_write_text
 from ipt.quickstart import commands as cmds
 from ipt.quickstart.commands import MODELS, PARTS, Command, Layout
 from ipt.resources import config_file
 from ipt.stage import run_stage
+from ipt.stage.files import atomic_write_text
 from ipt.stage.identity import COMPLETE_FILE
 
 CORPUS = Path(ipt.__file__).parent / "assets" / "corpus.jsonl.gz"

@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ipt.data.records import atomic_write_text
+from ipt.stage.files import atomic_write_text
 
 MARKER = "split.json"
 

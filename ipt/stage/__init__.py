@@ -3,9 +3,11 @@
 `run_stage` is every config-driven command's entry: it parses `[--config FILE] [key=value
 ...]`, validates, runs the stage, and turns the errors a user can fix into one line
 `ipt STAGE: error: ...` with status 2 and no traceback: an invalid config (`ConfigError`, which
-names the key and file), input that cannot be read (`BadInputError`, which names the file and
-line), and a missing, unreadable or misplaced file or directory (the OS error names the path).
-Any other exception is a bug and keeps its traceback.
+names the key and file, whether the stage's own config or one it loads, such as a model
+directory's), input that cannot be read (`BadInputError`, which names the file and line), an
+output that already exists and is not overwritten, and a missing, unreadable or misplaced file
+or directory (the OS error names the path; a `--config` that is a directory, too). Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ class BadInputError(ValueError):
     """Input that cannot be read or used; the message names the file (and line, record or key)."""
 
 
-EXPECTED_ERRORS = (BadInputError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+EXPECTED_ERRORS = (
+    BadInputError,
+    ConfigError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def describe_error(error: BaseException) -> str:
@@ -47,10 +57,6 @@ def run_stage(schema: type[C], fn: Callable[[C], Any], argv: Sequence[str], prog
     args = parser.parse_args(argv)
     try:
         cfg = load_config(schema, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    try:
         result = fn(cfg)
     except EXPECTED_ERRORS as e:
         print(f"{prog}: error: {describe_error(e)}", file=sys.stderr)

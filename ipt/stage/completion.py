@@ -79,10 +79,19 @@ def warn_if_unfinished(files: Sequence[Path]) -> None:
 
 
 def expand_paths(pattern: str) -> list[Path]:
-    """One input pattern -> files: a glob's matches, a file, or a complete stage output directory."""
+    """One input pattern -> files: a glob's matches, a file, or a complete stage output directory.
+
+    A file named or globbed that is empty (0 bytes) is an error: it holds no record, and is
+    more often a copy or download that failed than a shard meant to be empty. The outputs a
+    completion record lists are exempt (a chunk may rightly hold nothing)."""
     if glob.has_magic(pattern):
-        return [Path(m) for m in sorted(glob.glob(pattern, recursive=True)) if Path(m).is_file()]
-    path = Path(pattern)
-    if path.is_dir():
-        return completed_outputs(path)
-    return [path] if path.is_file() else []
+        files = [Path(m) for m in sorted(glob.glob(pattern, recursive=True)) if Path(m).is_file()]
+    else:
+        path = Path(pattern)
+        if path.is_dir():
+            return completed_outputs(path)
+        files = [path] if path.is_file() else []
+    for f in files:
+        if f.stat().st_size == 0:
+            raise BadInputError(f"{f}: empty file (0 bytes); nothing to read (remove it from the input)")
+    return files

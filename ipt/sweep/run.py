@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipt.config import dump_config
-from ipt.data.records import atomic_write_text
 from ipt.stage import run_stage
+from ipt.stage.files import atomic_write_text
 from ipt.sweep.config import SweepConfig
 from ipt.sweep.grid import GridError
 from ipt.sweep.markers import (

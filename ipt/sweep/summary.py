@@ -22,7 +22,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ipt.data.records import atomic_write_text
+from ipt.stage.files import atomic_write_text
 from ipt.sweep.grid import canonical, value_text
 from ipt.sweep.markers import DONE, point_done
 from ipt.sweep.plan import Plan, Point

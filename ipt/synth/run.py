@@ -43,7 +43,7 @@ from ipt.synth.rounds import synthesize_chains
 OUTPUT_FORMAT = "ipt-read-collections/1"  # a JSON list of {context, QA_list, ...} per line
 # skip_bad decides whether a bad line stops the run, never what a good line becomes.
 NOT_OUTPUT_DECIDING = SHARD_KEYS | {
-    *("input", "progress", "gpu_memory_utilization", "executor", "ray", "on_change", "skip_bad")
+    *("input", "output_dir", "progress", "gpu_memory_utilization", "executor", "ray", "on_change", "skip_bad")
 }
 CHUNK_FILE = re.compile(r"chunk-(\d{6})\.(jsonl|stats\.json)")
 # Keys only some engines read: setting one for another engine is a config error, not a no-op.

@@ -146,7 +146,7 @@ def compile_for_slice(cfg: TrainConfig) -> FitReport:
 
 
 def _batch_keys() -> tuple[str, ...]:
-    from ipt.train.step import BATCH_KEYS
+    from ipt.data.packing import BATCH_KEYS
 
     return BATCH_KEYS
 
