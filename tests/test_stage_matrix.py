@@ -18,8 +18,7 @@ data inspect shard dir      manifest: a dir   manifest    manifest         manif
 data plan    source dir     --config: a dir   manifest    --config YAML    manifest key       0-byte manifest --config key
 
 Non-UTF-8 bytes in text are by design replaced and counted, not an error, in synthesize, cook
-and tokenize (ipt/data/readers.py): those cells assert exit 0 and a count of 1. Cells marked
-KNOWN_BUGS fail today for a reason outside the stage layer (strict xfail: they flip when fixed).
+and tokenize (ipt/data/readers.py): those cells assert exit 0 and a count of 1.
 """
 
 from __future__ import annotations
@@ -63,12 +62,6 @@ HF_CONFIG = {
     "eos_token_id": 2,
 }
 
-KNOWN_BUGS = {
-    ("convert", "malformed"): "ipt/model/hf.py import_hf: json.loads of config.json is not caught",
-    ("convert", "non_utf8"): "ipt/model/hf.py import_hf: read_text of config.json is not caught",
-    ("convert", "missing_field"): "ipt/model/hf.py config_from_hf: hf['hidden_size'] raises KeyError",
-    ("convert", "empty"): "ipt/model/hf.py _tensor_files: safe_open's SafetensorError is not caught",
-}
 
 
 @dataclass(frozen=True)
@@ -319,9 +312,7 @@ BUILDERS: dict[str, Callable[[str, Inputs, Path], Case]] = {
 def _cells():
     for stage in BUILDERS:
         for kind in KINDS:
-            bug = KNOWN_BUGS.get((stage, kind))
-            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            yield pytest.param(stage, kind, marks=marks, id=f"{stage.replace(' ', '-')}-{kind}")
+            yield pytest.param(stage, kind, id=f"{stage.replace(' ', '-')}-{kind}")
 
 
 def accepted_output(stage: str, out: Path | None) -> list[str]:

@@ -66,22 +66,6 @@ class _Parts:
     rest: nnx.State
 
 
-def _logical_names(config: ModelConfig) -> dict:
-    state = nnx.state(abstract_model(config), nnx.Param)
-    return nnx.to_pure_dict(nnx.get_partition_spec(state))
-
-
-def param_shardings(config: ModelConfig, rules: LogicalRules) -> dict:
-    """The training shardings of every parameter (pure dict of `NamedSharding`)."""
-    shapes = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
-    return jax.tree.map(
-        lambda spec, a: rules.sharding(tuple(spec), a.shape),
-        _logical_names(config),
-        shapes,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-    )
-
-
 def segment_scores(
     logits: jax.Array, target_ids: jax.Array, target_segment: jax.Array, num_segments: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 from ipt.config import ConfigError
 from ipt.model.config import ModelConfig, RopeScaling
 from ipt.model.store import abstract_params, save_model_dir
+from ipt.stage import BadInputError
 
 MAX_SHARD_BYTES = 5 * 1000**3
 WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -56,6 +57,10 @@ def config_from_hf(hf: dict, source: str = "config.json", **runtime) -> ModelCon
     if rope_type != "default":
         keys = set(RopeScaling.model_fields)
         scaling = RopeScaling(rope_type=rope_type, **{k: v for k, v in rope.items() if k in keys})
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in required if k not in hf]
+    if missing:
+        raise fail(missing[0], f"missing (required: {', '.join(missing)})")
     fields = dict(
         architecture=arch,
         vocab_size=hf["vocab_size"],
@@ -167,8 +172,11 @@ def _tensor_files(hf_dir: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"{hf_dir}: no *.safetensors files (PyTorch .bin checkpoints are not read)")
     out = {}
     for file in files:
-        with safe_open(file, "numpy") as f:
-            out.update(dict.fromkeys(f.keys(), file))
+        try:
+            with safe_open(file, "numpy") as f:
+                out.update(dict.fromkeys(f.keys(), file))
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
+            raise BadInputError(f"{file}: not a readable safetensors file ({e})") from None
     return out
 
 
@@ -213,7 +221,13 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, **runtime) -> Path:
     config_path = hf_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{hf_dir}: no config.json; expected a Hugging Face model directory")
-    config = config_from_hf(json.loads(config_path.read_text()), str(config_path), **runtime)
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{config_path}: not a JSON file ({e})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
+    config = config_from_hf(hf, str(config_path), **runtime)
     return save_model_dir(out_dir, config, import_params(hf_dir, config))
 
 

@@ -284,8 +284,10 @@ def create_model(config: ModelConfig, seed: int = 0) -> CausalLM:
 
 
 def abstract_model(config: ModelConfig) -> CausalLM:
-    """The model with `jax.ShapeDtypeStruct` leaves: shapes and metadata, no memory."""
-    return nnx.eval_shape(lambda: create_model(config))
+    """The model with `jax.ShapeDtypeStruct` leaves: shapes and metadata, no memory. Built off
+    any ambient mesh, where `nnx.eval_shape` would shard by Flax's own rules instead of ours."""
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+        return nnx.eval_shape(lambda: create_model(config))
 
 
 def logical_axes(config: ModelConfig) -> nnx.State:
