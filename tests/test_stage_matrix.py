@@ -63,7 +63,6 @@ HF_CONFIG = {
 }
 
 
-
 @dataclass(frozen=True)
 class Case:
     """One command and what its outcome must show."""
