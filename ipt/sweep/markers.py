@@ -7,10 +7,10 @@ default) or removed does not turn finished runs into different ones.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ipt.config import Config
+from ipt.stage.identity import read_json as read_marker
 from ipt.sweep.plan import Plan, Point, SweepError
 
 DONE = "SWEEP_DONE.json"
@@ -37,13 +37,6 @@ def final_checkpoint(point: Point) -> Path | None:
     if directory is not None and "://" in directory:
         return None
     return Path(directory or point.run_dir / "checkpoints") / str(point.config.steps)
-
-
-def read_marker(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
 
 
 def point_done(point: Point) -> bool:
