@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from stage_kill import kill_and_resume, unexpected_temps
+from stage_kill import kill_and_resume
 
 from ipt.data.tokenize import STATE_DIR
 
@@ -33,4 +33,4 @@ def test_killed_and_resumed_run_is_byte_identical(tmp_path, bpe_tokenizer_dir, c
     assert 1 <= result.at_kill < result.total, "the kill left shards for the resumed run to write"
     assert result.resumed == result.clean  # shards, markers, manifest, run and completion records
     assert "manifest.json" in result.clean
-    assert not unexpected_temps("tokenize", result.temps), result.temps
+    assert not result.temps, result.temps
