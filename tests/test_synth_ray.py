@@ -49,6 +49,11 @@ def _free_port() -> int:
             return port
 
 
+# The `ray` of this interpreter (its venv's bin/, even when that venv is not activated): a `ray`
+# from another Python on PATH would start nodes that this process cannot join.
+RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+
+
 class LocalCluster:
     """A Ray head and worker node on this machine, each `ray start --block` in its own session."""
 
@@ -81,7 +86,7 @@ class LocalCluster:
         ]
         log = self.root / f"{name}.log"
         cmd = [
-            "ray",
+            RAY,
             "start",
             "--block",
             "--num-cpus=1",
