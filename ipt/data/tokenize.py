@@ -188,8 +188,9 @@ class _Run:
             self.out, "tokenize", settings, self.files, self.cfg.on_change, self.discard
         )
         self.state.mkdir(exist_ok=True)
-        remove_stale_temps(
-            self.out, lambda target: target.name.startswith("shard-") and int(target.name[6:11]) in mine
+        remove_stale_temps(  # shard-FFFFF-CCCCC (shards, their markers), input-FFFFF.json (file records)
+            self.out,
+            lambda target: target.name.startswith(("shard-", "input-")) and int(target.name[6:11]) in mine,
         )
 
     def discard(self) -> None:
