@@ -157,8 +157,11 @@ def _alive(pid: int) -> bool:
 def test_tokenize_workers_exit_when_only_the_main_process_is_killed(
     tmp_path, corpus_docs, mistral_tokenizer_dir
 ):
-    """Each worker gets one long chunk; killed mid-chunk, the main process must not leave them running."""
-    body = "".join(json.dumps({"text": d["text"]}) + "\n" for d in corpus_docs) * 3
+    """Each worker gets one long chunk; killed mid-chunk, the main process must not leave them running.
+
+    The input is large enough (about 8M tokens) that an unloaded 2-core run lasts well past the kill.
+    """
+    body = "".join(json.dumps({"text": d["text"]}) + "\n" for d in corpus_docs) * 12
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text(body)
     cmd = [sys.executable, "-m", "ipt.cli", "tokenize", f"input={tmp_path / '*.jsonl'}"]
@@ -173,7 +176,7 @@ def test_tokenize_workers_exit_when_only_the_main_process_is_killed(
         deadline = time.monotonic() + 120
         while len(_children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        time.sleep(3)  # the workers are inside their chunks now
+        time.sleep(1)  # the workers are inside their chunks now
         workers = _children(proc.pid)
         assert proc.poll() is None and len(workers) >= 2, "the run finished before its workers were seen"
         os.kill(proc.pid, signal.SIGKILL)  # the main process only, not its group
