@@ -31,18 +31,6 @@ import subprocess
 import sys
 import time
 
-SMALL = dict(
-    vocab_size=32000,
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-5,
-    dtype="float32",
-)
-
 
 def worker(steps: int) -> dict:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -51,6 +39,7 @@ def worker(steps: int) -> dict:
     import numpy as np
     import optax
     from flax import nnx
+    from model_throughput import CONFIG as SMALL  # the same 8-layer model as that benchmark
 
     from ipt.model import ModelConfig, create_model, load_model_config
 
@@ -113,7 +102,7 @@ def worker(steps: int) -> dict:
         out[f"{name}_loss"] = float(loss)
 
     train(load_model_config("tiny").model_copy(update={"dtype": "float32"}), 8, 128, "tiny")
-    train(ModelConfig(**SMALL), 4, 512, "small")
+    train(SMALL, 4, 512, "small")
     return out
 
 

@@ -16,6 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# The splash kernel's modules register JAX config options that belong to jit's trace context
+# (jax 0.11 and later). Imported lazily, inside the first trace of a step or scorer, they would
+# change that context and the function would recompile on its second call; imported with this
+# module, before anything is traced, every jitted caller compiles once. (About 0.2 s, pure
+# Python: no TPU needed.)
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
 from jax.sharding import Mesh, PartitionSpec
 
 # Large but finite, so a row with nothing to attend to (padding) gives a finite softmax.
@@ -93,15 +101,12 @@ def splash_length_problem(seq: int) -> str | None:
 
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, seq: int, sliding_window: int | None, interpret: bool):
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
     if sliding_window is None:
-        head_mask = masks.CausalMask((seq, seq))
+        head_mask = splash_masks.CausalMask((seq, seq))
     else:
-        head_mask = masks.LocalMask((seq, seq), window_size=(sliding_window - 1, 0), offset=0)
+        head_mask = splash_masks.LocalMask((seq, seq), window_size=(sliding_window - 1, 0), offset=0)
     block = min(SPLASH_BLOCK, seq)
-    sizes = kernel.BlockSizes(
+    sizes = splash_kernel.BlockSizes(
         block_q=block,
         block_kv_compute=block,
         block_kv=block,
@@ -114,8 +119,8 @@ def _splash_kernel(heads: int, seq: int, sliding_window: int | None, interpret: 
     # The kernel holds its mask tables as arrays; cached, they must be constants, not tracers of
     # whichever trace (a shard_map, a platform branch) first asked for the kernel.
     with jax.ensure_compile_time_eval():
-        return kernel.make_splash_mha(
-            masks.MultiHeadMask([head_mask] * heads),
+        return splash_kernel.make_splash_mha(
+            splash_masks.MultiHeadMask([head_mask] * heads),
             block_sizes=sizes,
             head_shards=1,
             q_seq_shards=1,
@@ -173,14 +178,13 @@ def splash_attention(
     By default the kernel is compiled for TPU and, when lowering for CPU, run by the Pallas
     interpreter (slowly; for tests); `interpret` forces one or the other. Under
     `kernel_layout` it runs on each shard's block of batch and heads."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
 
     def local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
         _, s, h, d = q.shape
         heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, s, h, d] -> [b, h, s, d]
         q = heads_first(q * jnp.asarray(d**-0.5, q.dtype))
         k, v = heads_first(k), heads_first(v)
-        segments = kernel.SegmentIds(q=segment_ids, kv=segment_ids)
+        segments = splash_kernel.SegmentIds(q=segment_ids, kv=segment_ids)
 
         def run(interpreted: bool) -> jax.Array:
             call = _splash_kernel(h, s, sliding_window, interpreted)

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ipt.stage.files import atomic_write_text
 from ipt.train.checkpoint import Checkpointer, PreemptionWatcher
 from ipt.train.metrics import MetricsWriter, Throughput
 
@@ -193,8 +194,6 @@ class Loop:
 
 
 def write_run_file(path: Path, text: str) -> None:
-    from ipt.data.records import atomic_write_text
-
     if jax.process_index() == 0:
         atomic_write_text(path, text)
 

@@ -11,13 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-
-# The splash kernel's modules register JAX config options that belong to jit's trace context
-# (jax 0.11 and later). Imported lazily, inside the first trace of a step, they change that
-# context, and the step recompiles on its second call; imported here, before any step is
-# traced, the step compiles once. (About 0.2 s, pure Python: no TPU needed.)
-import jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel
-import jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_mask
 import jax.numpy as jnp
 import optax
 from flax import nnx
