@@ -32,7 +32,18 @@ def _load(name: str) -> TrainConfig:
 
 
 def test_every_paper_experiment_has_a_recipe():
-    assert {p.stem for p in EXPERIMENTS} == {*RECIPE, "quickstart"}
+    assert {p.stem for p in EXPERIMENTS} == {*RECIPE, "quickstart", "synthesizer-mistral-7b"}
+
+
+def test_the_synthesizer_fine_tune_keeps_each_sequence_whole_from_the_hf_weights():
+    """`ipt tuning-data` writes few-shot sequences of up to 4096 tokens, one document each: they
+    must sit whole in a row (pack, seq_len >= 4096) and train from the released base (init hf)."""
+    cfg = _load("synthesizer-mistral-7b")
+    assert cfg.data.packing == "pack" and cfg.data.seq_len >= 4096
+    assert cfg.init.source == "hf" and cfg.init.path
+    assert [s.name for s in cfg.data.sources] == ["synthesizer_tuning"]
+    assert cfg.target and cfg.target.startswith("v5p-") and cfg.run_dir == "runs/synthesizer-mistral-7b"
+    assert cfg.data.batch_size % cfg.grad_accum == 0
 
 
 @pytest.mark.parametrize("name", sorted(RECIPE))

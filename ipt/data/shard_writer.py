@@ -46,14 +46,18 @@ class ShardTask:
     segments: list[Segments | None]
 
 
-def init_worker(tokenizer_json: str, docs_done, tokens_done) -> None:
-    """Pool initializer: one single-threaded tokenizer per process (processes give the parallelism)."""
+def init_worker(tokenizer_json: str, docs_done, tokens_done, control_tokens: bool) -> None:
+    """Pool initializer: one single-threaded tokenizer per process (processes give the parallelism).
+
+    By default "</s>" in the text is text and control ids come only from add_bos/eos (pre-training
+    text must not forge them); with `control_tokens` the text's special-token strings become
+    their ids, as the engines tokenize a synthesizer prompt."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     exit_with_parent()
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
-    tok.encode_special_tokens = True  # "</s>" in the text is text; control ids come only from add_bos/eos
+    tok.encode_special_tokens = not control_tokens
     _state.update(tokenizer=tok, docs_done=docs_done, tokens_done=tokens_done)
 
 

@@ -64,8 +64,17 @@ class TokenizeConfig(ShardedConfig, RerunConfig):
     tokenizer: str = Field(description="mistral-v1 (built in), a Hugging Face tokenizer dir or hub name")
     text_field: str = Field("text", description="field holding a string, or [{text, train}] segments")
     loss_mask: bool = Field(False, description="store a per-token loss mask (1 = trained) from segments")
-    add_bos: bool | None = Field(None, description="prepend bos; default: as the tokenizer does for a prompt")
-    add_eos: bool | None = Field(None, description="append eos; default: yes if the tokenizer has one")
+    control_tokens: bool = Field(
+        False,
+        description="special-token strings in the text become control ids (text built by ipt tuning-data "
+        "in the synthesizer's wire format); default: they stay text",
+    )
+    add_bos: bool | None = Field(
+        None, description="prepend bos; default: as the tokenizer does for a prompt (no with control_tokens)"
+    )
+    add_eos: bool | None = Field(
+        None, description="append eos; default: yes if the tokenizer has one (no with control_tokens)"
+    )
     shard_chars: int = Field(100_000_000, gt=0, description="text characters per shard (~4 per token)")
     num_workers: int | None = Field(None, ge=1, description="worker processes; default: all cores")
     skip_bad: bool = Field(False, description="count and skip malformed lines/records instead of stopping")
@@ -160,8 +169,9 @@ class _Run:
         if not hasattr(tok, "backend_tokenizer"):
             raise BadInputError(f"tokenizer {cfg.tokenizer!r} has no fast (`tokenizers`) backend")
         self.tokenizer_json = tok.backend_tokenizer.to_str()
-        add_bos = _prompts_get_bos(tok) if cfg.add_bos is None else cfg.add_bos
-        add_eos = tok.eos_token_id is not None if cfg.add_eos is None else cfg.add_eos
+        adds = not cfg.control_tokens  # text that spells its own control tokens gets none by default
+        add_bos = (adds and _prompts_get_bos(tok)) if cfg.add_bos is None else cfg.add_bos
+        add_eos = (adds and tok.eos_token_id is not None) if cfg.add_eos is None else cfg.add_eos
         for flag, token_id, what in ((add_bos, tok.bos_token_id, "bos"), (add_eos, tok.eos_token_id, "eos")):
             if flag and token_id is None:
                 raise BadInputError(f"add_{what}=true but tokenizer {cfg.tokenizer!r} has no {what} token")
@@ -223,7 +233,7 @@ class _Run:
             workers,
             mp_context=ctx,
             initializer=shard_writer.init_worker,
-            initargs=(self.tokenizer_json, docs_done, tokens_done),
+            initargs=(self.tokenizer_json, docs_done, tokens_done, self.cfg.control_tokens),
         ) as pool:
             try:
                 for fi in mine:
