@@ -21,13 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_a_tuned_tiny_synthesizer_writes_pairs_and_the_engines_agree(tmp_path, mistral_tokenizer_dir):
+def test_a_tuned_tiny_synthesizer_writes_pairs_and_the_engines_agree(tmp_path, trained_tiny):
+    """The untuned base is the session's `trained_tiny` export (the script's own default base)."""
     env = {**os.environ}
     env.pop("XLA_FLAGS", None)  # one CPU device, not the tests' eight
     work, out = tmp_path / "work", tmp_path / "result.json"
     script = REPO / "benchmarks" / "synthesizer_tuning.py"
     subprocess.run(
-        [sys.executable, str(script), "--work", str(work), "--json", str(out)], check=True, env=env
+        [
+            sys.executable,
+            str(script),
+            "--work",
+            str(work),
+            "--json",
+            str(out),
+            "--base",
+            str(trained_tiny["hf"]),
+        ],
+        check=True,
+        env=env,
     )
     result = json.loads(out.read_text())
 
