@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install ipt with its test extras (CPU PyTorch first, from the wheel on this machine's disk,
 # so pip never pulls a CUDA build), lint, run the vLLM tests in their own cached venv
-# (.ci/vllm.sh), then the whole main test suite (last, so its summary is the closing line).
+# (.ci/vllm.sh), then the whole main test suite (last, so its summary is the closing line;
+# the 40 slowest tests are listed above it).
 set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ ruff check .
 set +e
 bash .ci/vllm.sh
 vllm_rc=$?
-python -m pytest -q tests
+python -m pytest -q --durations=40 tests
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi
